@@ -1,0 +1,61 @@
+"""Dedicated connections with reconnection on failure."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import tenacity
+
+logger = logging.getLogger(__name__)
+
+Connect = Callable[[], psycopg.Connection[Any]]
+
+
+def connect_with_backoff(
+    connect: Connect, stopping: threading.Event, purpose: str
+) -> psycopg.Connection[Any] | None:
+    """Connect, retrying with jittered exponential backoff until `stopping` is set.
+
+    Return None if the worker started stopping before a connection was made.
+    """
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
+        wait=tenacity.wait_exponential_jitter(initial=0.05, max=5.0, jitter=0.2),
+        stop=lambda _state: stopping.is_set(),
+        sleep=lambda seconds: _sleep_unless_stopping(stopping, seconds),
+        before_sleep=lambda state: logger.warning(
+            "Cannot connect the %s connection (attempt %d): %s; retrying",
+            purpose,
+            state.attempt_number,
+            state.outcome.exception() if state.outcome else None,
+            extra={"action": "reconnect", "purpose": purpose},
+        ),
+        reraise=False,
+    )
+    try:
+        return retrying(connect)
+    except tenacity.RetryError:
+        return None
+
+
+def _sleep_unless_stopping(stopping: threading.Event, seconds: float) -> None:
+    stopping.wait(seconds)
+
+
+def is_usable(conn: psycopg.Connection[Any] | None) -> bool:
+    """Return whether a connection can still run statements."""
+    return conn is not None and not conn.closed and not conn.broken
+
+
+def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a connection, ignoring errors from one that is already broken."""
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except psycopg.Error:
+        logger.debug("Error while closing a connection", exc_info=True)

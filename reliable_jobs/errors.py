@@ -1,0 +1,45 @@
+"""Exceptions raised by reliable_jobs, all under one root."""
+
+from __future__ import annotations
+
+
+class ReliableJobsError(Exception):
+    """Root of every error that reliable_jobs raises on purpose."""
+
+
+class InvalidArgumentError(ReliableJobsError, ValueError):
+    """An argument to the API is invalid; nothing was written."""
+
+
+class UnknownJobError(ReliableJobsError, LookupError):
+    """No job function is registered under a name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no job is registered under the name {name!r}")
+        self.name = name
+
+
+class LostOwnershipError(ReliableJobsError):
+    """The worker no longer holds the lock of a job it was running.
+
+    Its locker connection dropped, or the job row was deleted by someone
+    else, so another worker may be running the job. The current attempt
+    must not report any outcome, and its open transaction is rolled back.
+    """
+
+    def __init__(self, job_id: int, reason: str) -> None:
+        super().__init__(f"job {job_id}: lost ownership ({reason})")
+        self.job_id = job_id
+        self.reason = reason
+
+
+class JobNotFoundError(ReliableJobsError, LookupError):
+    """A command named a job id that is not in the queue."""
+
+    def __init__(self, job_id: int, detail: str = "") -> None:
+        super().__init__(f"job {job_id} not found{detail}")
+        self.job_id = job_id
+
+
+class ConfigurationError(ReliableJobsError):
+    """The database address or the app to load is missing or invalid."""

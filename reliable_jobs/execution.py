@@ -1,0 +1,230 @@
+"""Run one locked job on a job thread and record its outcome."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import pq
+
+from . import queries
+from .connections import close_quietly, is_usable
+from .context import LOST_LOCK_SQLSTATE, JobContext, LockedJob, Outcome
+from .errors import LostOwnershipError
+from .payload import decode_arguments
+
+if TYPE_CHECKING:
+    from .app import App
+    from .worker import RunningJob
+
+logger = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Take jobs from `tasks` and run them, one at a time, on one connection."""
+
+    def __init__(
+        self,
+        app: App,
+        tasks: queue.SimpleQueue[RunningJob | None],
+        finished: queue.SimpleQueue[tuple[int, int]],
+        wake: threading.Event,
+    ) -> None:
+        self.app = app
+        self.tasks = tasks
+        self.finished = finished
+        self.wake = wake
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def run(self) -> None:
+        while True:
+            running = self.tasks.get()
+            if running is None:
+                close_quietly(self.conn)
+                return
+            try:
+                self._run_one(running)
+            except BaseException:
+                logger.exception(
+                    "Job %d (%s): unexpected error in the job thread",
+                    running.job.id,
+                    running.job.job_name,
+                    extra={"action": "internal_error", "job_id": running.job.id},
+                )
+            finally:
+                self.finished.put((running.job.id, running.job.locker_pid))
+                self.wake.set()
+
+    def _run_one(self, running: RunningJob) -> None:
+        job = running.job
+        job_function = self.app.registry[job.job_name]
+        args, kwargs = decode_arguments(job.args, job.kwargs)
+        ctx = JobContext(
+            job,
+            self._connection(),
+            schema=self.app.schema,
+            lock_class=self.app.lock_class,
+            lost=running.lost,
+        )
+        running.context = ctx
+        logger.debug(
+            "Job %d (%s): attempt %d starting with args=%r kwargs=%r",
+            job.id,
+            job.job_name,
+            job.attempts,
+            args,
+            kwargs,
+            extra={"action": "job_start", "job_id": job.id, "job_name": job.job_name},
+        )
+
+        try:
+            job_function.func(ctx, *args, **kwargs)
+        except LostOwnershipError as error:
+            self._rollback()
+            _log_lost(job, error.reason)
+            return
+        except BaseException as error:
+            self._rollback()
+            self._record_failure(ctx, job, error)
+            return
+
+        self._rollback()
+        self._finish(ctx, job)
+
+    def _finish(self, ctx: JobContext, job: LockedJob) -> None:
+        """Destroy the job unless its body already settled the row."""
+        if ctx.outcome is not Outcome.NONE:
+            _log_done(job, ctx.outcome)
+            return
+        if ctx.lost.is_set():
+            _log_lost(job, "the locker connection was lost while the job ran")
+            return
+
+        params = {"class": self.app.lock_class, "id": job.id, "locker_pid": job.locker_pid}
+        statement = queries.destroy_job(self.app.schema)
+        try:
+            row = self._connection().execute(statement, params).fetchone()
+        except psycopg.DatabaseError as error:
+            if error.sqlstate == LOST_LOCK_SQLSTATE:
+                ctx.lost.set()
+                _log_lost(job, "lock lost before the destroy")
+                return
+            _log_report_error(job, error)
+            return
+
+        if not row or row[0] == 0:
+            _log_lost(job, "the job row was already deleted")
+            return
+        _log_done(job, Outcome.DESTROYED)
+
+    def _record_failure(self, ctx: JobContext, job: LockedJob, error: BaseException) -> None:
+        """Schedule a retry, or keep the job as failed when its policy says stop."""
+        if ctx.lost.is_set():
+            _log_lost(job, f"the job raised {error!r} after its lock was lost; not recorded")
+            return
+
+        policy = self.app.registry[job.job_name].retry
+        give_up = policy.should_stop(job.attempts, job.seconds_since_enqueue)
+        delay = None if give_up else policy.delay(job.attempts, job.seconds_since_enqueue)
+        message = f"{type(error).__name__}: {error}"
+        backtrace = "".join(traceback.format_exception(error))
+        params = {
+            "class": self.app.lock_class,
+            "id": job.id,
+            "locker_pid": job.locker_pid,
+            "delay": delay,
+            "expire": give_up,
+            "refund": False,
+            "error": message,
+            "backtrace": backtrace,
+        }
+        statement = queries.report_job(self.app.schema)
+        try:
+            row = self._connection().execute(statement, params).fetchone()
+        except psycopg.Error as report_error:
+            _log_report_error(job, report_error)
+            return
+
+        if not row or not row[0]:
+            ctx.lost.set()
+            _log_lost(job, f"the job raised {message} after its lock was lost; not recorded")
+        elif give_up:
+            logger.error(
+                "Job %d (%s): attempt %d failed: %s; no attempts left, kept as failed",
+                job.id,
+                job.job_name,
+                job.attempts,
+                message,
+                extra={"action": "job_failed", "job_id": job.id, "job_name": job.job_name},
+            )
+        else:
+            logger.warning(
+                "Job %d (%s): attempt %d failed: %s; retrying in %.1f s",
+                job.id,
+                job.job_name,
+                job.attempts,
+                message,
+                delay,
+                extra={"action": "job_retry", "job_id": job.id, "job_name": job.job_name},
+            )
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if not is_usable(self.conn):
+            close_quietly(self.conn)
+            self.conn = self.app.connect()
+        assert self.conn is not None
+        return self.conn
+
+    def _rollback(self) -> None:
+        """Roll back a transaction the job left open, or drop a broken connection."""
+        conn = self.conn
+        if conn is None:
+            return
+        if not is_usable(conn):
+            close_quietly(conn)
+            self.conn = None
+            return
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                close_quietly(conn)
+                self.conn = None
+
+
+def _log_done(job: LockedJob, outcome: Outcome) -> None:
+    logger.debug(
+        "Job %d (%s): attempt %d done (%s)",
+        job.id,
+        job.job_name,
+        job.attempts,
+        outcome.value,
+        extra={"action": "job_done", "job_id": job.id, "job_name": job.job_name},
+    )
+
+
+def _log_lost(job: LockedJob, reason: str) -> None:
+    logger.warning(
+        "Job %d (%s): lost ownership (%s); this attempt is not reported done, and another "
+        "worker may run the job",
+        job.id,
+        job.job_name,
+        reason,
+        extra={"action": "lost", "job_id": job.id, "job_name": job.job_name},
+    )
+
+
+def _log_report_error(job: LockedJob, error: BaseException) -> None:
+    logger.error(
+        "Job %d (%s): cannot record the outcome of attempt %d: %s; the next worker to "
+        "lock it counts the attempt as died",
+        job.id,
+        job.job_name,
+        job.attempts,
+        error,
+        extra={"action": "report_failed", "job_id": job.id, "job_name": job.job_name},
+    )
