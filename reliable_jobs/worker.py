@@ -209,6 +209,8 @@ class Worker:
             self._abandon_running()
         if self.locker is not None:
             self.locker.close()
+        # The listener checks `stopping` at least every half second.
+        self.listener.join(timeout=2.0)
 
     def _drain_finished_quietly(self) -> None:
         finished = self._collect_finished()

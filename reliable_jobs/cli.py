@@ -1,0 +1,227 @@
+"""The reliable-jobs command: migrate, run a worker, inspect and repair the queue."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import admin
+from .app import App, conninfo_from_environment
+from .errors import ConfigurationError, ReliableJobsError
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code."""
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if options.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not options.verbose:
+        logging.getLogger("psycopg").setLevel(logging.WARNING)
+    try:
+        code: int = options.handler(options)
+    except ReliableJobsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reliable-jobs", description="Background jobs on PostgreSQL, safe to retry."
+    )
+    parser.add_argument(
+        "--dsn",
+        help="database address (default: RELIABLE_JOBS_DSN, else DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--schema", default="reliable_jobs", help="schema of the jobs table (default: %(default)s)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the schema")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    worker = commands.add_parser("worker", help="run jobs until SIGTERM or SIGINT")
+    worker.add_argument("--app", required=True, help="the App to run, as module:attribute")
+    worker.add_argument(
+        "--queue",
+        action="append",
+        dest="queues",
+        help="queue to take jobs from (repeatable; default: all queues)",
+    )
+    worker.add_argument("--concurrency", type=int, default=1, help="job threads (default: 1)")
+    worker.add_argument("--burst", action="store_true", help="exit once no job is due")
+    worker.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between polls when no notification arrives (default: 1.0)",
+    )
+    worker.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="seconds running jobs get to finish after SIGTERM (default: 30)",
+    )
+    worker.set_defaults(handler=cmd_worker)
+
+    status = commands.add_parser("status", help="count jobs per name and state")
+    status.set_defaults(handler=cmd_status)
+
+    failed = commands.add_parser("failed", help="list failed jobs with their last error")
+    failed.add_argument("--limit", type=int, default=50, help="jobs to show (default: 50)")
+    failed.add_argument("--traceback", action="store_true", help="show each last traceback")
+    failed.set_defaults(handler=cmd_failed)
+
+    retry = commands.add_parser("retry", help="make a failed job runnable again")
+    retry.add_argument("job_id", type=int, metavar="ID")
+    retry.set_defaults(handler=cmd_retry)
+
+    demo = commands.add_parser(
+        "demo", help="run example jobs end to end (embedded PostgreSQL when no DSN is set)"
+    )
+    demo.add_argument("--jobs", type=int, default=200, help="jobs to enqueue (default: 200)")
+    demo.add_argument("--concurrency", type=int, default=4, help="job threads (default: 4)")
+    demo.add_argument("--keep", action="store_true", help="keep the demo schema afterwards")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def resolve_conninfo(options: argparse.Namespace) -> str:
+    """Return --dsn, else RELIABLE_JOBS_DSN, else DATABASE_URL."""
+    conninfo = options.dsn or conninfo_from_environment()
+    if not conninfo:
+        raise ConfigurationError(
+            "no database address: pass --dsn, or set RELIABLE_JOBS_DSN or DATABASE_URL, "
+            "for example postgresql://user@127.0.0.1:5432/dbname"
+        )
+    return str(conninfo)
+
+
+def load_app(spec: str) -> App:
+    """Import `module:attribute` and return the App it names (or that it returns)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--app {spec!r} is invalid; use module:attribute, e.g. myapp:app")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigurationError(
+            f"--app {spec!r}: cannot import {module_name!r}: {error}"
+        ) from None
+    target = getattr(module, attribute, None)
+    if callable(target) and not isinstance(target, App):
+        target = target()
+    if not isinstance(target, App):
+        raise ConfigurationError(
+            f"--app {spec!r}: {attribute!r} is {type(target).__name__}, not a reliable_jobs.App "
+            "or a function returning one"
+        )
+    return target
+
+
+def cmd_migrate(options: argparse.Namespace) -> int:
+    with App(resolve_conninfo(options), schema=options.schema) as app:
+        applied = app.migrate()
+    print(f"schema {options.schema}: applied {applied or 'nothing, already up to date'}")
+    return 0
+
+
+def cmd_worker(options: argparse.Namespace) -> int:
+    if options.dsn:
+        # Apps built with App() and no address read it from here.
+        os.environ["RELIABLE_JOBS_DSN"] = options.dsn
+    app = load_app(options.app)
+    app.run_worker(
+        queues=options.queues,
+        concurrency=options.concurrency,
+        burst=options.burst,
+        poll_interval=options.poll_interval,
+        shutdown_grace=options.shutdown_grace,
+    )
+    return 0
+
+
+def cmd_status(options: argparse.Namespace) -> int:
+    with App(resolve_conninfo(options), schema=options.schema) as app:
+        rows = admin.queue_status(app)
+    header = (
+        f"{'job name':<40} {'ready':>7} {'scheduled':>9} {'running':>7} {'failed':>6}  oldest ready"
+    )
+    print(header)
+    for row in rows:
+        oldest = "-" if row.oldest_ready_seconds is None else f"{row.oldest_ready_seconds:.1f} s"
+        print(
+            f"{row.job_name:<40} {row.ready:>7} {row.scheduled:>9} {row.running:>7} "
+            f"{row.failed:>6}  {oldest}"
+        )
+    if not rows:
+        print("(no jobs)")
+    return 0
+
+
+def cmd_failed(options: argparse.Namespace) -> int:
+    with App(resolve_conninfo(options), schema=options.schema) as app:
+        jobs = admin.failed_jobs(app, options.limit)
+    for job in jobs:
+        print(
+            f"{job.id}  {job.job_name}  queue={job.queue}  attempts={job.attempts}  "
+            f"failed at {job.expired_at:%Y-%m-%d %H:%M:%S %Z}"
+        )
+        print(f"    {job.last_error_message}")
+        if options.traceback and job.last_error_backtrace:
+            print("    " + job.last_error_backtrace.rstrip().replace("\n", "\n    "))
+    if not jobs:
+        print("(no failed jobs)")
+    return 0
+
+
+def cmd_retry(options: argparse.Namespace) -> int:
+    with App(resolve_conninfo(options), schema=options.schema) as app:
+        admin.retry_failed_job(app, options.job_id)
+    print(f"job {options.job_id} is runnable again")
+    return 0
+
+
+def cmd_demo(options: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .embedded import start_embedded_postgres
+
+    conninfo = options.dsn or conninfo_from_environment()
+    where = "the database given"
+    if not conninfo:
+        print("No database configured: starting an embedded PostgreSQL (pgserver)...")
+        conninfo = start_embedded_postgres()
+        where = "an embedded PostgreSQL"
+
+    print(
+        f"Enqueuing {options.jobs} jobs on {where}; running a worker with "
+        f"{options.concurrency} threads..."
+    )
+    result = run_demo(
+        conninfo, jobs=options.jobs, concurrency=options.concurrency, keep=options.keep
+    )
+    print(f"jobs enqueued:     {result.jobs}")
+    print(f"orders recorded:   {result.orders_recorded}")
+    print(f"duplicates:        {result.duplicates}")
+    print(f"retries:           {result.retries}")
+    print(f"jobs left:         {result.jobs_left}")
+    print(f"time:              {result.seconds:.2f} s")
+    print("every order recorded exactly once" if result.ok else "FAILED: see the counts above")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
