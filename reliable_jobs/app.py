@@ -108,9 +108,18 @@ class App:
             self._pool.open(wait=True)
         return self._pool
 
-    def connect(self) -> psycopg.Connection[Any]:
-        """Open a direct autocommit connection to the app's database."""
-        kwargs = {**self._connect_kwargs, "autocommit": True}
+    def connect(self, purpose: str = "client", **options: Any) -> psycopg.Connection[Any]:
+        """Open a direct autocommit connection to the app's database.
+
+        `purpose` becomes the application_name that pg_stat_activity shows,
+        as "reliable_jobs <purpose>", unless the conninfo sets one.
+        """
+        kwargs = {
+            "application_name": f"reliable_jobs {purpose}",
+            **options,
+            **self._connect_kwargs,
+            "autocommit": True,
+        }
         return psycopg.connect(self.conninfo, **kwargs)
 
     def close(self) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import tenacity
+from psycopg import pq
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ def connect_with_backoff(
     """
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
-        wait=tenacity.wait_exponential_jitter(initial=0.05, max=5.0, jitter=0.2),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=5.0) + tenacity.wait_random(0, 0.2),
         stop=lambda _state: stopping.is_set(),
         sleep=lambda seconds: _sleep_unless_stopping(stopping, seconds),
         before_sleep=lambda state: logger.warning(
@@ -47,8 +49,22 @@ def _sleep_unless_stopping(stopping: threading.Event, seconds: float) -> None:
 
 
 def is_usable(conn: psycopg.Connection[Any] | None) -> bool:
-    """Return whether a connection can still run statements."""
-    return conn is not None and not conn.closed and not conn.broken
+    """Return whether a connection can still run statements, as far as is known.
+
+    An idle connection has nothing to read. If its socket is readable, the
+    server closed it or sent a termination notice (a restart, or
+    pg_terminate_backend), so the connection is treated as broken; this
+    costs no round trip.
+    """
+    if conn is None or conn.closed or conn.broken:
+        return False
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def close_quietly(conn: psycopg.Connection[Any] | None) -> None:

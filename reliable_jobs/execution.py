@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -33,11 +34,13 @@ class JobRunner:
         tasks: queue.SimpleQueue[RunningJob | None],
         finished: queue.SimpleQueue[tuple[int, int]],
         wake: threading.Event,
+        note_due: Callable[[float], None],
     ) -> None:
         self.app = app
         self.tasks = tasks
         self.finished = finished
         self.wake = wake
+        self.note_due = note_due
         self.conn: psycopg.Connection[Any] | None = None
 
     def run(self) -> None:
@@ -162,6 +165,8 @@ class JobRunner:
                 extra={"action": "job_failed", "job_id": job.id, "job_name": job.job_name},
             )
         else:
+            assert delay is not None
+            self.note_due(delay)
             logger.warning(
                 "Job %d (%s): attempt %d failed: %s; retrying in %.1f s",
                 job.id,
@@ -175,7 +180,7 @@ class JobRunner:
     def _connection(self) -> psycopg.Connection[Any]:
         if not is_usable(self.conn):
             close_quietly(self.conn)
-            self.conn = self.app.connect()
+            self.conn = self.app.connect("job")
         assert self.conn is not None
         return self.conn
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .connections import connect_with_backoff
+from .connections import connect_with_backoff, is_usable
 from .context import JobContext, LockedJob
 from .errors import InvalidArgumentError
 from .execution import JobRunner
@@ -27,6 +27,16 @@ if TYPE_CHECKING:
     from .app import App
 
 logger = logging.getLogger(__name__)
+
+# TCP keepalives make a locker whose server vanished without closing the
+# connection (a network partition) see an error within about 25 s, instead
+# of holding on to jobs it no longer owns. See libpq's keepalives options.
+LOCKER_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 @dataclass
@@ -76,9 +86,11 @@ class Worker:
         self.finished: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self.tasks: queue.SimpleQueue[RunningJob | None] = queue.SimpleQueue()
         self.locker: Locker | None = None
+        self.next_due = float("inf")  # monotonic time of a retry this worker scheduled
+        self.next_due_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.listener = Listener(
-            app.connect, app.channel, self.queues, self.wake, self.stopping
+            lambda: app.connect("listener"), app.channel, self.queues, self.wake, self.stopping
         )
 
     def stop(self) -> None:
@@ -122,7 +134,20 @@ class Worker:
                 return
             if locked and len(self.running) < self.concurrency:
                 continue
-            self.wake.wait(self.poll_interval)
+            self.wake.wait(self._seconds_to_wait())
+
+    def note_due(self, delay: float) -> None:
+        """Wake the loop after `delay` seconds, when a retry scheduled here is due."""
+        with self.next_due_lock:
+            self.next_due = min(self.next_due, time.monotonic() + delay)
+
+    def _seconds_to_wait(self) -> float:
+        with self.next_due_lock:
+            now = time.monotonic()
+            if self.next_due <= now:
+                self.next_due = float("inf")
+                return 0.0
+            return min(self.poll_interval, self.next_due - now)
 
     def _lock_round(self) -> int:
         """Unlock finished jobs, then lock due jobs for the free threads."""
@@ -131,6 +156,10 @@ class Worker:
 
         free = self.concurrency - len(self.running)
         if free <= 0:
+            # No query runs while every thread is busy, so look at the
+            # socket: a terminated session is seen within one poll interval.
+            if not is_usable(self.locker.conn):
+                raise psycopg.OperationalError("the locker connection was closed by the server")
             return 0
         jobs = self.locker.lock(free, self.queues, self.running.keys())
         runnable = triage(self.app, self.locker, jobs)
@@ -154,7 +183,9 @@ class Worker:
                 to_unlock.append(job_id)
 
     def _connect_locker(self) -> bool:
-        conn = connect_with_backoff(self.app.connect, self.stopping, "locker")
+        conn = connect_with_backoff(
+            lambda: self.app.connect("locker", **LOCKER_KEEPALIVES), self.stopping, "locker"
+        )
         if conn is None:
             return False
         self.locker = Locker(conn, schema=self.app.schema, lock_class=self.app.lock_class)
@@ -185,7 +216,7 @@ class Worker:
     def _start_threads(self) -> None:
         self.listener.start()
         for index in range(self.concurrency):
-            runner = JobRunner(self.app, self.tasks, self.finished, self.wake)
+            runner = JobRunner(self.app, self.tasks, self.finished, self.wake, self.note_due)
             thread = threading.Thread(
                 target=runner.run, name=f"reliable_jobs-job-{index}", daemon=True
             )
