@@ -37,8 +37,9 @@ def start_worker_process(
         "0.5",
         *worker_args,
     ]
-    log = log_path.open("ab")
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # The child keeps its own copy of the file descriptor.
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
