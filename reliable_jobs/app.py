@@ -10,6 +10,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import schema as schema_module
+from .connections import check_socket
 from .errors import ConfigurationError, InvalidArgumentError
 from .jobs import JobFunction
 from .retry import RetryPolicy, coerce_policy
@@ -100,6 +101,7 @@ class App:
                 min_size=1,
                 max_size=4,
                 kwargs={"autocommit": True},
+                check=check_socket,
                 open=False,
                 name=f"reliable_jobs.{self.schema}",
             )
@@ -126,6 +128,7 @@ class App:
         """Close the pool the app opened; a pool passed in is left to its owner."""
         if self._pool is not None and self._owns_pool:
             self._pool.close()
+            self._pool = None  # a closed pool cannot reopen; the next use makes a new one
 
     def migrate(self) -> list[int]:
         """Create or upgrade the schema; return the numbers of migrations applied."""

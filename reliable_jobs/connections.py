@@ -67,6 +67,18 @@ def is_usable(conn: psycopg.Connection[Any] | None) -> bool:
     return not readable
 
 
+def check_socket(conn: psycopg.Connection[Any]) -> None:
+    """Raise OperationalError if is_usable() finds the connection closed.
+
+    Used as a pool's check: it finds connections that a server restart
+    closed, without the round trip of a test query.
+    """
+    if not is_usable(conn):
+        # Closed here so that the pool discards it instead of handing it out again.
+        close_quietly(conn)
+        raise psycopg.OperationalError("the server closed this connection")
+
+
 def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
     """Close a connection, ignoring errors from one that is already broken."""
     if conn is None:

@@ -87,9 +87,7 @@ def run_demo(
     result = DemoResult(
         jobs=jobs,
         orders_recorded=_count(conninfo, "SELECT count(DISTINCT order_id) FROM {}.orders"),
-        duplicates=_count(
-            conninfo, "SELECT count(*) - count(DISTINCT order_id) FROM {}.orders"
-        ),
+        duplicates=_count(conninfo, "SELECT count(*) - count(DISTINCT order_id) FROM {}.orders"),
         retries=_count(conninfo, "SELECT coalesce(sum(attempt - 1), 0) FROM {}.orders"),
         jobs_left=_count(conninfo, "SELECT count(*) FROM {}.jobs"),
         seconds=seconds,
@@ -103,7 +101,5 @@ def run_demo(
 
 def _count(conninfo: str, query: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        row = conn.execute(
-            sql.SQL(query).format(sql.Identifier(DEMO_SCHEMA))
-        ).fetchone()
+        row = conn.execute(sql.SQL(query).format(sql.Identifier(DEMO_SCHEMA))).fetchone()
     return int(row[0]) if row else 0

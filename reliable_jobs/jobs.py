@@ -91,9 +91,7 @@ class JobFunction(Generic[P, R]):
         if connection is not None:
             options = replace(options, connection=check_connection(connection))
         if run_at is not None and delay is not None:
-            raise InvalidArgumentError(
-                "run_at and delay were both given; pass only one of them"
-            )
+            raise InvalidArgumentError("run_at and delay were both given; pass only one of them")
         if run_at is not None:
             options = replace(options, run_at=check_run_at(run_at))
         if delay is not None:

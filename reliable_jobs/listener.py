@@ -38,6 +38,7 @@ class Listener(threading.Thread):
         self.wake = wake
         self.stopping = stopping
         self.connected = threading.Event()
+        self.connections = 0  # LISTEN sessions started so far, reconnections included
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -58,6 +59,7 @@ class Listener(threading.Thread):
 
     def _listen(self, conn: psycopg.Connection[object]) -> None:
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        self.connections += 1
         self.connected.set()
         self.wake.set()
         logger.debug("Listening on %s", self.channel, extra={"action": "listen"})

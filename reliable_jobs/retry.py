@@ -27,8 +27,9 @@ class RetryPolicy:
         default_factory=lambda: tenacity.stop_after_attempt(DEFAULT_MAX_ATTEMPTS)
     )
     wait: wait_base = field(
-        default_factory=lambda: tenacity.wait_exponential(multiplier=1, max=3600)
-        + tenacity.wait_random(0, 1)
+        default_factory=lambda: (
+            tenacity.wait_exponential(multiplier=1, max=3600) + tenacity.wait_random(0, 1)
+        )
     )
 
     def should_stop(self, attempt: int, seconds_since_enqueue: float) -> bool:

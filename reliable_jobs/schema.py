@@ -77,9 +77,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:
                 continue
             conn.execute(sql.SQL(text).format(schema=schema_id))
             conn.execute(
-                sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(
-                    schema_id
-                ),
+                sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(schema_id),
                 (version,),
             )
             applied_now.append(version)

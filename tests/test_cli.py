@@ -87,9 +87,7 @@ def test_status_failed_and_retry(
     assert expired is None
 
 
-def test_retry_of_unknown_id(
-    app: App, dsn: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_retry_of_unknown_id(app: App, dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "--dsn", dsn, "--schema", app.schema, "retry", "424242")
 
     assert code == 2

@@ -110,8 +110,9 @@ def test_killed_worker_job_rescued_at_once(
     # The rescuer polls every 0.5 s; nothing waits for a lease or a timeout.
     assert rescue_seconds < 5
     wait_until(
-        lambda: scalar(db, jobs_app.schema, "SELECT count(*) FROM {}.jobs WHERE id = %s", job_id)
-        == 0,
+        lambda: (
+            scalar(db, jobs_app.schema, "SELECT count(*) FROM {}.jobs WHERE id = %s", job_id) == 0
+        ),
         5,
         "the job row to be destroyed",
     )

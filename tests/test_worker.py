@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 from tenacity import stop_after_attempt, wait_fixed
 
+from conftest import advisory_locks
 from reliable_jobs import App, JobContext, RetryPolicy
 from tests.helpers import fetch, scalar, wait_until, worker_thread
 
@@ -318,3 +319,47 @@ def test_lost_locker_stops_ownership(app: App, db: psycopg.Connection[Any]) -> N
         (job_id, 1, "returning after lost"),
         (job_id, 2, "start"),
     ]
+
+
+def test_finished_jobs_unlocked_while_running(
+    app: App, dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    @app.job(name="mixed", retry=RetryPolicy(stop_after_attempt(3), wait_fixed(3600)))
+    def mixed(ctx: JobContext, n: int) -> None:
+        record(app, ctx, "ran")
+        if n % 3 == 0:
+            raise RuntimeError("retry later")
+
+    for n in range(12):
+        mixed.enqueue(n)
+    with worker_thread(app, concurrency=4, poll_interval=0.1):
+        wait_until(lambda: len(runs(db, app)) == 12, 10, "every job to run once")
+        # The worker is still running: its locker session must hold nothing.
+        wait_until(lambda: advisory_locks(dsn, app) == [], 5, "the locks to be released")
+
+
+def test_lost_notification_recovered_by_poll_after_reconnect(
+    app: App, db: psycopg.Connection[Any]
+) -> None:
+    @app.job(name="prompt")
+    def prompt(ctx: JobContext) -> None:
+        record(app, ctx, "ran")
+
+    with worker_thread(app, poll_interval=60) as worker:
+        wait_until(worker.listener.connected.is_set, 5, "the listener")
+        time.sleep(0.2)
+        # A row inserted without NOTIFY stands for a notification sent while
+        # the listener was disconnected.
+        db.execute(
+            sql.SQL(
+                "INSERT INTO {}.jobs (queue, job_name, priority) VALUES ('default', 'prompt', 1)"
+            ).format(sql.Identifier(app.schema))
+        )
+        time.sleep(0.3)
+        assert runs(db, app) == []
+
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'reliable_jobs listener'"
+        )
+        wait_until(lambda: runs(db, app), 10, "the poll after reconnecting")
