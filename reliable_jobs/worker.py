@@ -240,8 +240,13 @@ class Worker:
             self._abandon_running()
         if self.locker is not None:
             self.locker.close()
-        # The listener checks `stopping` at least every half second.
-        self.listener.join(timeout=2.0)
+
+        # Idle job threads close their connections on the sentinel; a thread
+        # still in an abandoned job is left behind as a daemon. The listener
+        # checks `stopping` at least every half second.
+        deadline = time.monotonic() + 2.0
+        for thread in [*self.threads, self.listener]:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _drain_finished_quietly(self) -> None:
         finished = self._collect_finished()
