@@ -51,10 +51,10 @@ def _sleep_unless_stopping(stopping: threading.Event, seconds: float) -> None:
 def is_usable(conn: psycopg.Connection[Any] | None) -> bool:
     """Return whether a connection can still run statements, as far as is known.
 
-    An idle connection has nothing to read. If its socket is readable, the
+    An idle connection has nothing to read. A readable socket means that the
     server closed it or sent a termination notice (a restart, or
-    pg_terminate_backend), so the connection is treated as broken; this
-    costs no round trip.
+    pg_terminate_backend), so the connection is treated as broken. The
+    check costs no round trip.
     """
     if conn is None or conn.closed or conn.broken:
         return False

@@ -24,7 +24,7 @@ DEMO_SCHEMA = "reliable_jobs_demo"
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What the demo run enqueued, what happened, and whether it held."""
+    """Counts from one demo run, and whether every order took effect once."""
 
     jobs: int
     orders_recorded: int

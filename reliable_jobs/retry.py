@@ -43,7 +43,7 @@ class RetryPolicy:
 
 def _retry_state(attempt: int, seconds_since_enqueue: float) -> tenacity.RetryCallState:
     # tenacity's strategies read only the attempt number and the elapsed
-    # time, so a state built by hand stands in for a live Retrying loop.
+    # time, so a state built by hand can replace a live Retrying loop.
     state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
     now = time.monotonic()
     state.start_time = now - seconds_since_enqueue

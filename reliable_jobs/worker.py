@@ -54,10 +54,10 @@ class RunningJob:
 class Worker:
     """Run jobs from the app's queue until stopped.
 
-    One main loop owns the locker connection; `concurrency` job threads
-    run the jobs, each on a connection of its own; a listener thread wakes
-    the loop when a job is enqueued. stop(), SIGTERM and SIGINT stop taking
-    jobs and give running ones `shutdown_grace` seconds to finish.
+    The main loop owns the locker connection. `concurrency` job threads
+    run the jobs, each on a connection of its own, and a listener thread
+    wakes the loop when a job is enqueued. stop(), SIGTERM and SIGINT stop
+    taking jobs and give running ones `shutdown_grace` seconds to finish.
     """
 
     def __init__(

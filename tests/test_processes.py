@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 
 from conftest import advisory_locks
-from reliable_jobs import App
+from reliable_jobs import App, call
 from tests.helpers import fetch, scalar, start_worker_process, wait_until
 from tests.jobs_app import build_app
 
@@ -65,9 +66,7 @@ def test_two_workers_run_each_job_once(
     first = workers("--concurrency", "8")
     second = workers("--concurrency", "8")
     wait_until(lambda: listeners(db) == 2, 20, "both workers to listen")
-    ids = jobs_app.registry["record"].enqueue_many(
-        __import__("reliable_jobs").call() for _ in range(1000)
-    )
+    ids = jobs_app.registry["record"].enqueue_many(call() for _ in range(1000))
 
     wait_until(
         lambda: scalar(db, jobs_app.schema, "SELECT count(*) FROM {}.jobs") == 0,
@@ -96,7 +95,7 @@ def test_killed_worker_job_rescued_at_once(
 
     victim = pid_of(note)
     killed_at = time.monotonic()
-    __import__("os").kill(victim, signal.SIGKILL)
+    os.kill(victim, signal.SIGKILL)
     wait_until(lambda: len(runs(db, jobs_app)) >= 3, 10, "another worker to finish the job")
     rescue_seconds = time.monotonic() - killed_at
 
