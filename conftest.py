@@ -62,9 +62,10 @@ def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 def advisory_locks(dsn: str, app: App) -> list[tuple[Any, ...]]:
-    """Return the advisory locks of the app's schema held by any session."""
+    """Return the advisory locks of the app's jobs and ledger held by any session."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         return conn.execute(
-            "SELECT pid, objid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid",
-            (app.lock_class,),
+            "SELECT pid, objid FROM pg_locks WHERE locktype = 'advisory' "
+            "AND classid IN (%s::oid, %s::oid)",
+            (app.lock_class, app.effect_lock_class),
         ).fetchall()

@@ -49,6 +49,7 @@ class App:
     ) -> None:
         self.schema = schema_module.check_schema_name(schema)
         self.lock_class = schema_module.lock_class(schema)
+        self.effect_lock_class = schema_module.effect_lock_class(schema)
         self.channel = f"{schema}_jobs"[:63]
         self.registry: dict[str, JobFunction[Any, Any]] = {}
         self._pool: ConnectionPool | None = None

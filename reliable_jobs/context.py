@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -13,11 +14,15 @@ import psycopg
 from psycopg import pq
 
 from . import queries
-from .errors import LostOwnershipError
+from .errors import LostOwnershipError, ReliableJobsError
 from .jobs import check_delay
 
 # SQLSTATE raised by destroy_job() when the locker no longer holds the lock.
 LOST_LOCK_SQLSTATE = "RJ001"
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "reliable_jobs_current_job", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class JobContext:
         schema: str,
         lock_class: int,
         lost: threading.Event | None = None,
+        autonomous: Callable[[], psycopg.Connection[Any]] | None = None,
     ) -> None:
         self.job_id = job.id
         self.name = job.job_name
@@ -71,13 +77,47 @@ class JobContext:
         self.lost = lost if lost is not None else threading.Event()
         self.outcome = Outcome.NONE
         self._job = job
-        self._schema = schema
+        self.schema = schema
         self._lock_class = lock_class
+        self._autonomous = autonomous
         self._transaction_depth = 0
         self._pending = Outcome.NONE
 
     def __repr__(self) -> str:
         return f"<JobContext job_id={self.job_id} name={self.name!r} attempt={self.attempt}>"
+
+    @staticmethod
+    def current() -> JobContext | None:
+        """Return the context of the job running in this thread, or None."""
+        return _current.get()
+
+    def activate(self) -> contextvars.Token[JobContext | None]:
+        """Make this the current job of the calling thread until reset()."""
+        return _current.set(self)
+
+    @staticmethod
+    def reset(token: contextvars.Token[JobContext | None]) -> None:
+        """Restore the current job that activate() replaced."""
+        _current.reset(token)
+
+    @property
+    def autonomous_connection(self) -> psycopg.Connection[Any]:
+        """A second autocommit connection, outside any transaction of `connection`.
+
+        What it writes commits at once and survives a rollback of the job's
+        own transaction; reliable_jobs records side effects through it.
+        """
+        if self._autonomous is None:
+            raise ReliableJobsError(
+                f"job {self.job_id} has no autonomous connection; it is available to jobs "
+                "run by a worker"
+            )
+        return self._autonomous()
+
+    @property
+    def settled(self) -> bool:
+        """Whether the job body already destroyed, rescheduled or expired its row."""
+        return self.outcome is not Outcome.NONE or self._pending is not Outcome.NONE
 
     @property
     def owned(self) -> bool:
@@ -111,7 +151,7 @@ class JobContext:
         self._check_owned()
         try:
             row = self.connection.execute(
-                queries.destroy_job(self._schema), self._ownership_params()
+                queries.destroy_job(self.schema), self._ownership_params()
             ).fetchone()
         except psycopg.DatabaseError as error:
             if error.sqlstate == LOST_LOCK_SQLSTATE:
@@ -149,7 +189,7 @@ class JobContext:
             "error": error,
             "backtrace": None,
         }
-        row = self.connection.execute(queries.report_job(self._schema), params).fetchone()
+        row = self.connection.execute(queries.report_job(self.schema), params).fetchone()
         if not row or not row[0]:
             self.lost.set()
             raise LostOwnershipError(self.job_id, "lock lost before the report")

@@ -43,3 +43,25 @@ class JobNotFoundError(ReliableJobsError, LookupError):
 
 class ConfigurationError(ReliableJobsError):
     """The database address or the app to load is missing or invalid."""
+
+
+class DeferredError(ReliableJobsError):
+    """Put the job back in the queue for `delay` seconds without counting the attempt.
+
+    Raised from a job when it cannot make progress now for a reason that is
+    not its fault, such as another worker being in the middle of the same
+    side effect.
+    """
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class ReviewRequiredError(ReliableJobsError):
+    """A failure that retrying cannot fix: the job is kept as failed for review.
+
+    The worker does not retry the job whatever its retry policy says; a
+    person inspects it (`reliable-jobs failed`) and retries it once the
+    cause is settled.
+    """

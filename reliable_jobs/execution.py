@@ -15,7 +15,7 @@ from psycopg import pq
 from . import queries
 from .connections import close_quietly, is_usable
 from .context import LOST_LOCK_SQLSTATE, JobContext, LockedJob, Outcome
-from .errors import LostOwnershipError
+from .errors import DeferredError, LostOwnershipError, ReviewRequiredError
 from .payload import decode_arguments
 
 if TYPE_CHECKING:
@@ -42,12 +42,15 @@ class JobRunner:
         self.wake = wake
         self.note_due = note_due
         self.conn: psycopg.Connection[Any] | None = None
+        self.autonomous_conn: psycopg.Connection[Any] | None = None
+        self.autonomous_used = False
 
     def run(self) -> None:
         while True:
             running = self.tasks.get()
             if running is None:
                 close_quietly(self.conn)
+                close_quietly(self.autonomous_conn)
                 return
             try:
                 self._run_one(running)
@@ -72,6 +75,7 @@ class JobRunner:
             schema=self.app.schema,
             lock_class=self.app.lock_class,
             lost=running.lost,
+            autonomous=self._autonomous_connection,
         )
         running.context = ctx
         logger.debug(
@@ -84,18 +88,21 @@ class JobRunner:
             extra={"action": "job_start", "job_id": job.id, "job_name": job.job_name},
         )
 
+        token = ctx.activate()
         try:
             job_function.func(ctx, *args, **kwargs)
         except LostOwnershipError as error:
-            self._rollback()
+            self._clean_up()
             _log_lost(job, error.reason)
             return
         except BaseException as error:
-            self._rollback()
+            self._clean_up()
             self._record_failure(ctx, job, error)
             return
+        finally:
+            JobContext.reset(token)
 
-        self._rollback()
+        self._clean_up()
         self._finish(ctx, job)
 
     def _finish(self, ctx: JobContext, job: LockedJob) -> None:
@@ -130,20 +137,27 @@ class JobRunner:
             _log_lost(job, f"the job raised {error!r} after its lock was lost; not recorded")
             return
 
-        policy = self.app.registry[job.job_name].retry
-        give_up = policy.should_stop(job.attempts, job.seconds_since_enqueue)
-        delay = None if give_up else policy.delay(job.attempts, job.seconds_since_enqueue)
         message = f"{type(error).__name__}: {error}"
         backtrace = "".join(traceback.format_exception(error))
+        deferred = isinstance(error, DeferredError)
+        if isinstance(error, DeferredError):
+            give_up, delay = False, error.delay
+        elif isinstance(error, ReviewRequiredError):
+            give_up, delay = True, None
+        else:
+            policy = self.app.registry[job.job_name].retry
+            give_up = policy.should_stop(job.attempts, job.seconds_since_enqueue)
+            delay = None if give_up else policy.delay(job.attempts, job.seconds_since_enqueue)
+
         params = {
             "class": self.app.lock_class,
             "id": job.id,
             "locker_pid": job.locker_pid,
             "delay": delay,
             "expire": give_up,
-            "refund": False,
-            "error": message,
-            "backtrace": backtrace,
+            "refund": deferred,
+            "error": None if deferred else message,
+            "backtrace": None if deferred else backtrace,
         }
         statement = queries.report_job(self.app.schema)
         try:
@@ -155,6 +169,17 @@ class JobRunner:
         if not row or not row[0]:
             ctx.lost.set()
             _log_lost(job, f"the job raised {message} after its lock was lost; not recorded")
+        elif deferred:
+            assert delay is not None
+            self.note_due(delay)
+            logger.info(
+                "Job %d (%s): deferred for %.1f s without using an attempt: %s",
+                job.id,
+                job.job_name,
+                delay,
+                error,
+                extra={"action": "job_deferred", "job_id": job.id, "job_name": job.job_name},
+            )
         elif give_up:
             logger.error(
                 "Job %d (%s): attempt %d failed: %s; no attempts left, kept as failed",
@@ -184,21 +209,46 @@ class JobRunner:
         assert self.conn is not None
         return self.conn
 
-    def _rollback(self) -> None:
-        """Roll back a transaction the job left open, or drop a broken connection."""
-        conn = self.conn
-        if conn is None:
+    def _autonomous_connection(self) -> psycopg.Connection[Any]:
+        if not is_usable(self.autonomous_conn):
+            close_quietly(self.autonomous_conn)
+            self.autonomous_conn = self.app.connect("autonomous")
+        assert self.autonomous_conn is not None
+        self.autonomous_used = True
+        return self.autonomous_conn
+
+    def _clean_up(self) -> None:
+        """Leave both connections idle, and the autonomous one without locks."""
+        self.conn = _rolled_back(self.conn)
+        if not self.autonomous_used:
             return
-        if not is_usable(conn):
+        self.autonomous_used = False
+        self.autonomous_conn = _rolled_back(self.autonomous_conn)
+        if self.autonomous_conn is None:
+            return
+        # Side-effect claims hold session locks on this connection while a
+        # call runs; any lock still held after the job is a leak.
+        try:
+            self.autonomous_conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:
+            close_quietly(self.autonomous_conn)
+            self.autonomous_conn = None
+
+
+def _rolled_back(conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any] | None:
+    """Return the connection idle, or None after closing one that is broken."""
+    if conn is None:
+        return None
+    if not is_usable(conn):
+        close_quietly(conn)
+        return None
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        try:
+            conn.rollback()
+        except psycopg.Error:
             close_quietly(conn)
-            self.conn = None
-            return
-        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-            try:
-                conn.rollback()
-            except psycopg.Error:
-                close_quietly(conn)
-                self.conn = None
+            return None
+    return conn
 
 
 def _log_done(job: LockedJob, outcome: Outcome) -> None:

@@ -155,3 +155,101 @@ job_exists = _query(
     SELECT expired_at IS NOT NULL FROM {schema}.jobs WHERE id = %(id)s
     """
 )
+
+claim_effect = _query(
+    """
+    SELECT * FROM {schema}.claim_effect(%(class)s, %(key)s, %(fingerprint)s, %(job_id)s,
+                                        %(job_name)s)
+    """
+)
+
+reclaim_effect = _query(
+    """
+    SELECT {schema}.reclaim_effect(%(key)s)
+    """
+)
+
+settle_effect = _query(
+    """
+    SELECT {schema}.settle_effect(%(class)s, %(key)s, %(state)s, %(result)s::jsonb, %(error)s)
+    """
+)
+
+# Used when the claiming connection broke after the call: record the
+# outcome unless another claim has taken the key since.
+settle_orphaned_effect = _query(
+    """
+    UPDATE {schema}.effects
+    SET state = %(state)s, result = %(result)s::jsonb, owner_pid = NULL, updated_at = now()
+    WHERE key = %(key)s AND state IN ('claimed', 'uncertain') AND owner_pid = %(owner_pid)s
+    """
+)
+
+list_effects = _query(
+    """
+    SELECT key, state, job_id, job_name, calls, last_error, result, updated_at
+    FROM {schema}.effects
+    WHERE %(states)s::text[] IS NULL OR state = ANY (%(states)s::text[])
+    ORDER BY updated_at DESC, key
+    LIMIT %(limit)s
+    """
+)
+
+try_effect_lock = _query(
+    """
+    SELECT pg_try_advisory_lock(%(class)s, {schema}.effect_lock_key(%(key)s))
+    """
+)
+
+# Settle an open effect by hand (the caller holds its lock): done keeps the
+# given result, not done deletes the row so that the next claim calls again.
+resolve_effect_done = _query(
+    """
+    UPDATE {schema}.effects
+    SET state = 'done', result = %(result)s::jsonb, owner_pid = NULL, updated_at = now(),
+        last_error = concat_ws(' ', last_error, '(resolved by hand: done)')
+    WHERE key = %(key)s AND state IN ('claimed', 'uncertain')
+    RETURNING job_id
+    """
+)
+
+resolve_effect_not_done = _query(
+    """
+    DELETE FROM {schema}.effects
+    WHERE key = %(key)s AND state IN ('claimed', 'uncertain')
+    RETURNING job_id
+    """
+)
+
+effect_state = _query(
+    """
+    SELECT state FROM {schema}.effects WHERE key = %(key)s
+    """
+)
+
+release_effect_lock = _query(
+    """
+    SELECT pg_advisory_unlock(%(class)s, {schema}.effect_lock_key(%(key)s))
+    """
+)
+
+# Make a job held for review runnable again, with a fresh attempt budget.
+resume_job = _query(
+    """
+    UPDATE {schema}.jobs
+    SET expired_at = NULL, run_at = now(), attempts = 0, locked_by = NULL, locked_at = NULL
+    WHERE id = %(id)s AND expired_at IS NOT NULL
+    RETURNING id
+    """
+)
+
+# Delete settled effects older than the cutoff whose claiming job is gone:
+# a job still in the queue may run again and must find its key.
+prune_effects = _query(
+    """
+    DELETE FROM {schema}.effects AS e
+    WHERE e.state IN ('done', 'skipped')
+      AND e.updated_at < now() - make_interval(secs => %(older_than)s)
+      AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j WHERE j.id = e.job_id)
+    """
+)

@@ -37,6 +37,11 @@ def lock_class(schema: str) -> int:
     return zlib.crc32(schema.encode()) & 0x7FFFFFFF
 
 
+def effect_lock_class(schema: str) -> int:
+    """Return the advisory lock class of a schema's side-effect ledger keys."""
+    return zlib.crc32(f"{schema}:effects".encode()) & 0x7FFFFFFF
+
+
 def migrations() -> list[tuple[int, str]]:
     """Return the numbered migrations shipped with the package, in order."""
     found = []
