@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from . import admin
+from . import admin, ledger
 from .app import App, conninfo_from_environment
 from .errors import ConfigurationError, ReliableJobsError
 
@@ -87,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("job_id", type=int, metavar="ID")
     retry.set_defaults(handler=cmd_retry)
 
+    add_ledger_commands(commands)
+
     demo = commands.add_parser(
         "demo", help="run example jobs end to end (embedded PostgreSQL when no DSN is set)"
     )
@@ -95,6 +100,59 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the demo schema afterwards")
     demo.set_defaults(handler=cmd_demo)
     return parser
+
+
+def add_ledger_commands(commands: Any) -> None:
+    ledger = commands.add_parser(
+        "ledger", help="list side effects recorded by @idempotent; resolve or prune them"
+    )
+    ledger.add_argument(
+        "--uncertain", action="store_true", help="list only effects awaiting review"
+    )
+    ledger.add_argument("--limit", type=int, default=100, help="rows to show (default: 100)")
+    ledger.set_defaults(handler=cmd_ledger_list)
+    actions = ledger.add_subparsers(metavar="ACTION")
+
+    resolve = actions.add_parser(
+        "resolve", help="settle an uncertain effect by hand and resume its job"
+    )
+    resolve.add_argument("key", metavar="KEY")
+    outcome = resolve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--done", action="store_true", help="the effect happened")
+    outcome.add_argument(
+        "--not-done", action="store_true", help="the effect did not happen: call it again"
+    )
+    resolve.add_argument(
+        "--result", help="with --done: the JSON value the function returns from now on"
+    )
+    resolve.set_defaults(handler=cmd_ledger_resolve)
+
+    prune = actions.add_parser(
+        "prune", help="delete settled effects whose job is gone and that are older than a duration"
+    )
+    prune.add_argument(
+        "--older-than",
+        required=True,
+        type=parse_duration,
+        metavar="DURATION",
+        help="age such as 30d, 12h, 45m or 90s",
+    )
+    prune.set_defaults(handler=cmd_ledger_prune)
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """Parse 30d, 12h, 45m, 90s or a number of seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}; use a number with d, h, m or s, such as 30d"
+        ) from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; it must be >= 0")
+    return dt.timedelta(seconds=value * units[unit])
 
 
 def resolve_conninfo(options: argparse.Namespace) -> str:
@@ -192,6 +250,45 @@ def cmd_retry(options: argparse.Namespace) -> int:
     with App(resolve_conninfo(options), schema=options.schema) as app:
         admin.retry_failed_job(app, options.job_id)
     print(f"job {options.job_id} is runnable again")
+    return 0
+
+
+def cmd_ledger_list(options: argparse.Namespace) -> int:
+    with App(resolve_conninfo(options), schema=options.schema) as app:
+        effects = ledger.list_effects(app, uncertain_only=options.uncertain, limit=options.limit)
+    for effect in effects:
+        print(
+            f"{effect.key}  {effect.state}  job={effect.job_id} ({effect.job_name})  "
+            f"calls={effect.calls}  updated {effect.updated_at:%Y-%m-%d %H:%M:%S %Z}"
+        )
+        if effect.last_error:
+            print(f"    {effect.last_error}")
+    if not effects:
+        print("(no effects awaiting review)" if options.uncertain else "(no effects)")
+    return 0
+
+
+def cmd_ledger_resolve(options: argparse.Namespace) -> int:
+    result = None
+    if options.result is not None:
+        if not options.done:
+            raise ConfigurationError("--result applies only with --done")
+        try:
+            result = json.loads(options.result)
+        except json.JSONDecodeError as error:
+            raise ConfigurationError(f"--result is not valid JSON: {error}") from None
+    with App(resolve_conninfo(options), schema=options.schema) as app:
+        job_id = ledger.resolve_effect(app, options.key, done=options.done, result=result)
+    outcome = "done" if options.done else "not done (the next attempt calls it again)"
+    resumed = f"; job {job_id} is runnable again" if job_id is not None else ""
+    print(f"effect {options.key!r} resolved as {outcome}{resumed}")
+    return 0
+
+
+def cmd_ledger_prune(options: argparse.Namespace) -> int:
+    with App(resolve_conninfo(options), schema=options.schema) as app:
+        deleted = ledger.prune_effects(app, options.older_than)
+    print(f"deleted {deleted} settled effect(s) older than {options.older_than}")
     return 0
 
 

@@ -15,7 +15,10 @@ import time
 from psycopg import sql
 from tenacity import stop_after_attempt, wait_fixed
 
-from reliable_jobs import App, JobContext, RetryPolicy
+from reliable_jobs import App, JobContext, RetryPolicy, idempotent
+from reliable_jobs.idempotency import OnUncertain
+
+NO_WAIT = RetryPolicy(stop_after_attempt(5), wait_fixed(0))
 
 
 def record_run(ctx: JobContext, note: str) -> None:
@@ -59,4 +62,66 @@ def build_app() -> App:
             time.sleep(seconds)
             ctx.destroy()
 
+    register_charges(app)
     return app
+
+
+def external_call(line: str) -> None:
+    """Append a line to the effects file: the external system's own record.
+
+    The file is outside every database transaction, so a crash or a
+    rollback cannot erase a call once it is made.
+    """
+    with open(os.environ["RJ_TEST_EFFECTS"], "a", encoding="utf-8") as effects:
+        effects.write(line + "\n")
+        effects.flush()
+        os.fsync(effects.fileno())
+
+
+def external_calls(line: str) -> int:
+    """Count the calls recorded for `line` in the effects file."""
+    try:
+        with open(os.environ["RJ_TEST_EFFECTS"], encoding="utf-8") as effects:
+            return sum(1 for recorded in effects if recorded.rstrip("\n") == line)
+    except FileNotFoundError:
+        return 0
+
+
+def register_charges(app: App) -> None:
+    """Register one charge job per on_uncertain policy, with and without a check.
+
+    On the job's first attempt, the effect kills its worker right after the
+    external call and before the ledger records it as done.
+    """
+
+    def found_by_provider(card: int) -> str | None:
+        return f"ch_{card}" if external_calls(f"charge:{card}") else None
+
+    for policy in ("retry", "skip", "fail"):
+        for with_check in (False, True):
+            name = f"charge_{policy}_{'check' if with_check else 'nocheck'}"
+            register_charge(app, name, policy, found_by_provider if with_check else None)
+
+    @idempotent(key="charge:{card}")
+    def slow_charge(card: int) -> str:
+        external_call(f"charge:{card}")
+        time.sleep(0.5)
+        return f"ch_{card}"
+
+    @app.job(name="slow_charge", retry=NO_WAIT)
+    def slow_charge_job(ctx: JobContext, card: int) -> None:
+        slow_charge(card)
+
+
+def register_charge(app: App, name: str, policy: OnUncertain, check: object) -> None:
+    @idempotent(key="charge:{card}", check=check, on_uncertain=policy)  # type: ignore[arg-type]
+    def charge(card: int) -> str:
+        external_call(f"charge:{card}")
+        current = JobContext.current()
+        if current is not None and current.attempt == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return f"ch_{card}"
+
+    @app.job(name=name, retry=NO_WAIT)
+    def charge_job(ctx: JobContext, card: int) -> None:
+        charge(card)
