@@ -40,7 +40,7 @@ class FailedJob:
 
 def queue_status(app: App) -> list[JobNameStatus]:
     """Count ready, scheduled, running and failed jobs per job name."""
-    with app.pool.connection() as conn:
+    with app.admin_connection() as conn:
         cursor = conn.cursor(row_factory=class_row(JobNameStatus))
         return cursor.execute(queries.status(app.schema), {"class": app.lock_class}).fetchall()
 
@@ -49,14 +49,14 @@ def failed_jobs(app: App, limit: int = 100) -> list[FailedJob]:
     """Return the most recently failed jobs, newest first."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InvalidArgumentError(f"limit={limit!r} is invalid; pass an int >= 1")
-    with app.pool.connection() as conn:
+    with app.admin_connection() as conn:
         cursor = conn.cursor(row_factory=class_row(FailedJob))
         return cursor.execute(queries.failed_jobs(app.schema), {"limit": limit}).fetchall()
 
 
 def retry_failed_job(app: App, job_id: int) -> None:
     """Make a failed job runnable now, with a fresh attempt budget."""
-    with app.pool.connection() as conn:
+    with app.admin_connection() as conn:
         row = conn.execute(queries.retry_failed(app.schema), {"id": job_id}).fetchone()
         if row is not None:
             return

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 import psycopg
@@ -11,7 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from . import schema as schema_module
 from .connections import check_socket
-from .errors import ConfigurationError, InvalidArgumentError
+from .errors import ConfigurationError, InvalidArgumentError, translated_database_errors
 from .jobs import JobFunction
 from .retry import RetryPolicy, coerce_policy
 
@@ -88,10 +89,21 @@ class App:
             self._conninfo = conninfo_from_environment()
         if not self._conninfo:
             raise ConfigurationError(
-                "no database address: pass App(conninfo=...), or set RELIABLE_JOBS_DSN "
-                "or DATABASE_URL, for example postgresql://user@127.0.0.1:5432/dbname"
+                "no database address: pass App(conninfo=...), set RELIABLE_JOBS_DSN or "
+                "DATABASE_URL, or give reliable-jobs --dsn; for example "
+                "postgresql://user@127.0.0.1:5432/dbname"
             )
         return self._conninfo
+
+    @conninfo.setter
+    def conninfo(self, conninfo: str) -> None:
+        if self._pool is not None and not self._owns_pool:
+            raise ConfigurationError(
+                "this app enqueues through a pool passed to App(); change the pool's "
+                "address instead"
+            )
+        self.close()
+        self._conninfo = conninfo
 
     @property
     def pool(self) -> ConnectionPool:
@@ -108,7 +120,11 @@ class App:
             )
             self._owns_pool = True
         if self._owns_pool and self._pool.closed:
-            self._pool.open(wait=True)
+            # A direct connection first: an unreachable server then fails at
+            # once with its real reason, not after the pool's 30 s timeout.
+            with translated_database_errors(self.schema):
+                self.connect().close()
+                self._pool.open(wait=True)
         return self._pool
 
     def connect(self, purpose: str = "client", **options: Any) -> psycopg.Connection[Any]:
@@ -125,6 +141,16 @@ class App:
         }
         return psycopg.connect(self.conninfo, **kwargs)
 
+    @contextmanager
+    def admin_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """Open a direct connection for one administrative task, then close it.
+
+        Connection failures and a missing schema surface as reliable_jobs
+        errors that say what to do.
+        """
+        with translated_database_errors(self.schema), self.connect("admin") as conn:
+            yield conn
+
     def close(self) -> None:
         """Close the pool the app opened; a pool passed in is left to its owner."""
         if self._pool is not None and self._owns_pool:
@@ -133,7 +159,7 @@ class App:
 
     def migrate(self) -> list[int]:
         """Create or upgrade the schema; return the numbers of migrations applied."""
-        with self.connect() as conn:
+        with self.admin_connection() as conn:
             return schema_module.migrate(conn, self.schema)
 
     @overload

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -37,19 +38,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+DEFAULT_SCHEMA = "reliable_jobs"
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """Add the options every command takes, before or after the command name.
+
+    On sub-commands they default to SUPPRESS so that an option given
+    before the command name is not overwritten by an absent one after it.
+    """
+    default: Any = None if top_level else argparse.SUPPRESS
+    parser.add_argument(
+        "--dsn",
+        default=default,
+        help="database address (default: RELIABLE_JOBS_DSN, else DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--schema",
+        default=default,
+        help=f"schema of the jobs table (default: {DEFAULT_SCHEMA}; for worker, the app's)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if top_level else argparse.SUPPRESS,
+        help="log at DEBUG level",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reliable-jobs", description="Background jobs on PostgreSQL, safe to retry."
     )
-    parser.add_argument(
-        "--dsn",
-        help="database address (default: RELIABLE_JOBS_DSN, else DATABASE_URL)",
+    add_common_options(parser, top_level=True)
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_options(common, top_level=False)
+    commands = parser.add_subparsers(
+        required=True, metavar="COMMAND", parser_class=_parser_with(common)
     )
-    parser.add_argument(
-        "--schema", default="reliable_jobs", help="schema of the jobs table (default: %(default)s)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     migrate = commands.add_parser("migrate", help="create or upgrade the schema")
     migrate.set_defaults(handler=cmd_migrate)
@@ -93,13 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_ledger_commands(commands)
 
     demo = commands.add_parser(
-        "demo", help="run example jobs end to end (embedded PostgreSQL when no DSN is set)"
+        "demo",
+        help="run example jobs end to end: on an embedded PostgreSQL when no address is "
+        "set, else in a schema reliable_jobs_demo that it creates and drops",
     )
     demo.add_argument("--jobs", type=int, default=200, help="jobs to enqueue (default: 200)")
     demo.add_argument("--concurrency", type=int, default=4, help="job threads (default: 4)")
     demo.add_argument("--keep", action="store_true", help="keep the demo schema afterwards")
     demo.set_defaults(handler=cmd_demo)
     return parser
+
+
+def _parser_with(common: argparse.ArgumentParser) -> Any:
+    """Return a parser class whose instances inherit the common options."""
+
+    class CommandParser(argparse.ArgumentParser):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("parents", [common])
+            super().__init__(**kwargs)
+
+    return CommandParser
 
 
 def add_ledger_commands(commands: Any) -> None:
@@ -166,11 +206,21 @@ def resolve_conninfo(options: argparse.Namespace) -> str:
     return str(conninfo)
 
 
+def admin_app(options: argparse.Namespace) -> App:
+    """Return an App for a command that works on a schema without running jobs."""
+    return App(resolve_conninfo(options), schema=options.schema or DEFAULT_SCHEMA)
+
+
 def load_app(spec: str) -> App:
-    """Import `module:attribute` and return the App it names (or that it returns)."""
+    """Import `module:attribute` and return the App it names, or that a function returns."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"--app {spec!r} is invalid; use module:attribute, e.g. myapp:app")
+    if module_name.endswith(".py"):
+        raise ConfigurationError(
+            f"--app {spec!r} names a file; name the module instead: "
+            f"{module_name.removesuffix('.py').replace('/', '.')}:{attribute}"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -179,29 +229,50 @@ def load_app(spec: str) -> App:
         raise ConfigurationError(
             f"--app {spec!r}: cannot import {module_name!r}: {error}"
         ) from None
-    target = getattr(module, attribute, None)
-    if callable(target) and not isinstance(target, App):
+
+    if not hasattr(module, attribute):
+        raise ConfigurationError(
+            f"--app {spec!r}: module {module_name} has no attribute {attribute!r}"
+        )
+    target = getattr(module, attribute)
+    if inspect.isfunction(target) and not _required_parameters(target):
         target = target()
     if not isinstance(target, App):
         raise ConfigurationError(
-            f"--app {spec!r}: {attribute!r} is {type(target).__name__}, not a reliable_jobs.App "
-            "or a function returning one"
+            f"--app {spec!r}: {attribute!r} is a {type(target).__name__}, not a "
+            "reliable_jobs.App or a function without arguments returning one"
         )
     return target
 
 
+def _required_parameters(func: Any) -> list[str]:
+    return [
+        name
+        for name, parameter in inspect.signature(func).parameters.items()
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    ]
+
+
 def cmd_migrate(options: argparse.Namespace) -> int:
-    with App(resolve_conninfo(options), schema=options.schema) as app:
+    with admin_app(options) as app:
         applied = app.migrate()
-    print(f"schema {options.schema}: applied {applied or 'nothing, already up to date'}")
+    print(f"schema {app.schema}: applied {applied or 'nothing, already up to date'}")
     return 0
 
 
 def cmd_worker(options: argparse.Namespace) -> int:
     if options.dsn:
-        # Apps built with App() and no address read it from here.
+        # Apps built at import time with App() and no address read it from here.
         os.environ["RELIABLE_JOBS_DSN"] = options.dsn
     app = load_app(options.app)
+    if options.dsn:
+        app.conninfo = options.dsn
+    if options.schema and options.schema != app.schema:
+        raise ConfigurationError(
+            f"--schema {options.schema} differs from the app's schema {app.schema!r}, which "
+            "the worker uses; drop --schema, or pass App(schema=...)"
+        )
     app.run_worker(
         queues=options.queues,
         concurrency=options.concurrency,
@@ -213,7 +284,7 @@ def cmd_worker(options: argparse.Namespace) -> int:
 
 
 def cmd_status(options: argparse.Namespace) -> int:
-    with App(resolve_conninfo(options), schema=options.schema) as app:
+    with admin_app(options) as app:
         rows = admin.queue_status(app)
     header = (
         f"{'job name':<40} {'ready':>7} {'scheduled':>9} {'running':>7} {'failed':>6}  oldest ready"
@@ -231,7 +302,7 @@ def cmd_status(options: argparse.Namespace) -> int:
 
 
 def cmd_failed(options: argparse.Namespace) -> int:
-    with App(resolve_conninfo(options), schema=options.schema) as app:
+    with admin_app(options) as app:
         jobs = admin.failed_jobs(app, options.limit)
     for job in jobs:
         print(
@@ -247,14 +318,14 @@ def cmd_failed(options: argparse.Namespace) -> int:
 
 
 def cmd_retry(options: argparse.Namespace) -> int:
-    with App(resolve_conninfo(options), schema=options.schema) as app:
+    with admin_app(options) as app:
         admin.retry_failed_job(app, options.job_id)
     print(f"job {options.job_id} is runnable again")
     return 0
 
 
 def cmd_ledger_list(options: argparse.Namespace) -> int:
-    with App(resolve_conninfo(options), schema=options.schema) as app:
+    with admin_app(options) as app:
         effects = ledger.list_effects(app, uncertain_only=options.uncertain, limit=options.limit)
     for effect in effects:
         print(
@@ -277,7 +348,7 @@ def cmd_ledger_resolve(options: argparse.Namespace) -> int:
             result = json.loads(options.result)
         except json.JSONDecodeError as error:
             raise ConfigurationError(f"--result is not valid JSON: {error}") from None
-    with App(resolve_conninfo(options), schema=options.schema) as app:
+    with admin_app(options) as app:
         job_id = ledger.resolve_effect(app, options.key, done=options.done, result=result)
     outcome = "done" if options.done else "not done (the next attempt calls it again)"
     resumed = f"; job {job_id} is runnable again" if job_id is not None else ""
@@ -286,7 +357,7 @@ def cmd_ledger_resolve(options: argparse.Namespace) -> int:
 
 
 def cmd_ledger_prune(options: argparse.Namespace) -> int:
-    with App(resolve_conninfo(options), schema=options.schema) as app:
+    with admin_app(options) as app:
         deleted = ledger.prune_effects(app, options.older_than)
     print(f"deleted {deleted} settled effect(s) older than {options.older_than}")
     return 0
@@ -305,7 +376,8 @@ def cmd_demo(options: argparse.Namespace) -> int:
 
     print(
         f"Enqueuing {options.jobs} jobs on {where}; running a worker with "
-        f"{options.concurrency} threads..."
+        f"{options.concurrency} threads. Every 7th job fails once on purpose: the "
+        "WARNING lines are its retries."
     )
     result = run_demo(
         conninfo, jobs=options.jobs, concurrency=options.concurrency, keep=options.keep

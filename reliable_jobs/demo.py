@@ -7,6 +7,7 @@ succeeds when every order was recorded exactly once and the queue is empty.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -18,8 +19,10 @@ from .app import App
 from .context import JobContext
 from .jobs import call
 from .retry import RetryPolicy
+from .worker import Worker
 
 DEMO_SCHEMA = "reliable_jobs_demo"
+DRAIN_TIMEOUT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,17 @@ def run_demo(
 
     started = time.monotonic()
     app.registry["record_order"].enqueue_many(call(order_id) for order_id in range(1, jobs + 1))
-    # Retried jobs wait for their backoff, so drain until none is left.
+    worker = Worker(app, concurrency=concurrency, install_signal_handlers=False)
+    thread = threading.Thread(target=worker.run, name="demo-worker")
+    thread.start()
+    # Retried jobs wait for their backoff, so run until none is left.
+    deadline = started + DRAIN_TIMEOUT_SECONDS
     while _count(conninfo, "SELECT count(*) FROM {}.jobs WHERE expired_at IS NULL") > 0:
-        app.run_worker(concurrency=concurrency, burst=True, install_signal_handlers=False)
-        time.sleep(0.2)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    worker.stop()
+    thread.join()
     seconds = time.monotonic() - started
 
     result = DemoResult(

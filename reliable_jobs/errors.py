@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import PoolTimeout
+
 
 class ReliableJobsError(Exception):
     """Root of every error that reliable_jobs raises on purpose."""
@@ -65,3 +72,44 @@ class ReviewRequiredError(ReliableJobsError):
     person inspects it (`reliable-jobs failed`) and retries it once the
     cause is settled.
     """
+
+
+class DatabaseUnavailableError(ReliableJobsError):
+    """The database cannot be reached with the configured address."""
+
+
+class SchemaNotMigratedError(ConfigurationError):
+    """The schema lacks the tables or functions of this version: run migrate."""
+
+    def __init__(self, schema: str, detail: str) -> None:
+        super().__init__(
+            f"schema {schema!r} is missing reliable_jobs objects ({detail}); create or upgrade "
+            "it with `reliable-jobs migrate` or app.migrate()"
+        )
+        self.schema = schema
+
+
+# SQLSTATEs meaning the schema, a table or a function of ours does not exist.
+_MISSING_OBJECT_STATES = {"3F000", "42P01", "42883"}
+
+
+@contextmanager
+def translated_database_errors(schema: str) -> Iterator[None]:
+    """Turn connection failures and a missing schema into reliable_jobs errors."""
+    try:
+        yield
+    except psycopg.OperationalError as error:
+        raise DatabaseUnavailableError(
+            f"cannot reach the database: {str(error).strip()}; check the address "
+            "(--dsn, RELIABLE_JOBS_DSN or DATABASE_URL) and that PostgreSQL is running"
+        ) from error
+    except psycopg.errors.ProgrammingError as error:
+        if error.sqlstate in _MISSING_OBJECT_STATES:
+            detail = error.diag.message_primary or str(error)
+            raise SchemaNotMigratedError(schema, detail) from error
+        raise
+    except PoolTimeout as error:
+        raise DatabaseUnavailableError(
+            f"cannot get a database connection: {error}; check the address and that "
+            "PostgreSQL is running"
+        ) from error

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import psycopg
 
 from . import queries
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, translated_database_errors
 from .payload import encode_arguments
 from .retry import RetryPolicy
 
@@ -67,8 +68,25 @@ class JobFunction(Generic[P, R]):
         self.name = name
         self.retry = retry
         self.defaults = EnqueueOptions(queue=check_queue(queue), priority=check_priority(priority))
+        self.signature = inspect.signature(func)
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise InvalidArgumentError unless the job function accepts these arguments."""
+        try:
+            self.signature.bind(None, *args, **kwargs)
+        except TypeError as error:
+            plain = self.signature.replace(
+                parameters=[
+                    parameter.replace(annotation=inspect.Parameter.empty)
+                    for parameter in self.signature.parameters.values()
+                ],
+                return_annotation=inspect.Signature.empty,
+            )
+            raise InvalidArgumentError(
+                f"arguments do not match the job {self.name}{plain}: {error}"
+            ) from None
 
     def __call__(self, ctx: JobContext, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the job body directly, in this process, with the given context."""
@@ -125,6 +143,7 @@ class ConfiguredJob(Generic[P, R]):
         a rollback discards the job, and no worker sees it before the commit.
         Without one, the insert commits on its own.
         """
+        self.job.check_arguments(args, kwargs)
         args_json, kwargs_json = encode_arguments(args, kwargs)
         ids = self._insert(queries.enqueue_one, self._row(args_json, kwargs_json))
         return ids[0]
@@ -135,7 +154,7 @@ class ConfiguredJob(Generic[P, R]):
         Every call is validated before anything is inserted, so an invalid
         one inserts none of them.
         """
-        encoded = [_encode_call(index, item) for index, item in enumerate(calls)]
+        encoded = [_encode_call(self.job, index, item) for index, item in enumerate(calls)]
         if not encoded:
             return []
         params = self._row([a for a, _ in encoded], [k for _, k in encoded])
@@ -157,21 +176,23 @@ class ConfiguredJob(Generic[P, R]):
     def _insert(self, query: queries.Query, params: dict[str, Any]) -> list[int]:
         app = self.job.app
         statement = query(app.schema)
-        if self.options.connection is not None:
-            rows = self.options.connection.execute(statement, params).fetchall()
-        else:
-            with app.pool.connection() as conn:
-                rows = conn.execute(statement, params).fetchall()
+        with translated_database_errors(app.schema):
+            if self.options.connection is not None:
+                rows = self.options.connection.execute(statement, params).fetchall()
+            else:
+                with app.pool.connection() as conn:
+                    rows = conn.execute(statement, params).fetchall()
         return [row[0] for row in rows]
 
 
-def _encode_call(index: int, item: JobCall) -> tuple[str, str]:
+def _encode_call(job: JobFunction[Any, Any], index: int, item: JobCall) -> tuple[str, str]:
     if not isinstance(item, JobCall):
         raise InvalidArgumentError(
             f"enqueue_many item {index} is {item!r}; build each item with "
             "reliable_jobs.call(*args, **kwargs)"
         )
     try:
+        job.check_arguments(item.args, item.kwargs)
         return encode_arguments(item.args, item.kwargs)
     except InvalidArgumentError as error:
         raise InvalidArgumentError(f"enqueue_many item {index}: {error}") from None

@@ -106,7 +106,7 @@ def list_effects(app: App, *, uncertain_only: bool = False, limit: int = 100) ->
     or claimed by a session that may have died.
     """
     states = ["uncertain", "claimed"] if uncertain_only else None
-    with app.pool.connection() as conn:
+    with app.admin_connection() as conn:
         cursor = conn.cursor(row_factory=class_row(Effect))
         params = {"states": states, "limit": limit}
         return cursor.execute(queries.list_effects(app.schema), params).fetchall()
@@ -124,7 +124,7 @@ def resolve_effect(app: App, key: str, *, done: bool, result: Any = None) -> int
         raise InvalidArgumentError("result= applies only with done=True")
     params = {"class": app.effect_lock_class, "key": key, "result": _json_or_none(result)}
 
-    with app.connect("admin") as conn:
+    with app.admin_connection() as conn:
         row = conn.execute(queries.try_effect_lock(app.schema), params).fetchone()
         if not row or not row[0]:
             raise ReliableJobsError(
@@ -166,6 +166,6 @@ def prune_effects(app: App, older_than: dt.timedelta) -> int:
     seconds = older_than.total_seconds()
     if seconds < 0:
         raise InvalidArgumentError(f"older_than={older_than} is negative; pass a duration >= 0")
-    with app.pool.connection() as conn:
+    with app.admin_connection() as conn:
         cursor = conn.execute(queries.prune_effects(app.schema), {"older_than": seconds})
         return cursor.rowcount

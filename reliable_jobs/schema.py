@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, SchemaNotMigratedError, translated_database_errors
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ def migrations() -> list[tuple[int, str]]:
         if match:
             found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def check_schema_version(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Raise SchemaNotMigratedError unless the schema has every shipped migration."""
+    query = sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(
+        sql.Identifier(schema)
+    )
+    with translated_database_errors(schema):
+        row = conn.execute(query).fetchone()
+    applied = row[0] if row else 0
+    latest = migrations()[-1][0]
+    if applied < latest:
+        raise SchemaNotMigratedError(
+            schema, f"it is at migration {applied}, this version needs {latest}"
+        )
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:

@@ -17,10 +17,11 @@ import psycopg
 
 from .connections import connect_with_backoff, is_usable
 from .context import JobContext, LockedJob
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, translated_database_errors
 from .execution import JobRunner
 from .listener import Listener
 from .locker import Locker
+from .schema import check_schema_version
 from .triage import triage
 
 if TYPE_CHECKING:
@@ -99,7 +100,13 @@ class Worker:
         self.wake.set()
 
     def run(self) -> None:
-        """Run jobs until stop() is called, a signal arrives, or (burst) none are due."""
+        """Run jobs until stop() is called, a signal arrives, or (burst) none are due.
+
+        Raise ConfigurationError when no database address is set or the
+        schema is not migrated, and in burst mode DatabaseUnavailableError
+        when the database cannot be reached at start.
+        """
+        self.app.conninfo  # noqa: B018 -- raises before any thread starts
         logger.info(
             "Worker starting: pid %d, queues %s, concurrency %d%s",
             os.getpid(),
@@ -109,8 +116,9 @@ class Worker:
             extra={"action": "worker_start"},
         )
         previous_handlers = self._install_signal_handlers()
-        self._start_threads()
         try:
+            self._connect_first_locker()
+            self._start_threads()
             self._loop()
         finally:
             self._shut_down()
@@ -182,6 +190,18 @@ class Worker:
             if self.locker is not None and locker_pid == self.locker.pid:
                 to_unlock.append(job_id)
 
+    def _connect_first_locker(self) -> None:
+        """Connect the locker and check the schema version before taking jobs."""
+        if self.burst:
+            # A one-off run fails fast instead of waiting for the database.
+            with translated_database_errors(self.app.schema):
+                conn = self.app.connect("locker", **LOCKER_KEEPALIVES)
+            self.locker = Locker(conn, schema=self.app.schema, lock_class=self.app.lock_class)
+        elif not self._connect_locker():
+            return
+        assert self.locker is not None
+        check_schema_version(self.locker.conn, self.app.schema)
+
     def _connect_locker(self) -> bool:
         conn = connect_with_backoff(
             lambda: self.app.connect("locker", **LOCKER_KEEPALIVES), self.stopping, "locker"
@@ -245,7 +265,8 @@ class Worker:
         # still in an abandoned job is left behind as a daemon. The listener
         # checks `stopping` at least every half second.
         deadline = time.monotonic() + 2.0
-        for thread in [*self.threads, self.listener]:
+        started = [thread for thread in [*self.threads, self.listener] if thread.ident]
+        for thread in started:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _drain_finished_quietly(self) -> None:

@@ -8,8 +8,9 @@ import psycopg
 import pytest
 from tenacity import stop_after_attempt, wait_fixed
 
-from reliable_jobs import App, JobContext, RetryPolicy
+from reliable_jobs import App, InvalidArgumentError, JobContext, RetryPolicy, call
 from reliable_jobs.cli import main
+from reliable_jobs.errors import DatabaseUnavailableError, SchemaNotMigratedError
 from tests.helpers import scalar
 
 
@@ -25,7 +26,7 @@ def test_migrate_creates_schema(
     code, out, _ = run_cli(capsys, "--dsn", dsn, "--schema", schema, "migrate")
 
     assert code == 0
-    assert "applied [1]" in out
+    assert "applied [1, 2]" in out
     assert scalar(db, schema, "SELECT count(*) FROM {}.jobs") == 0
 
 
@@ -38,7 +39,7 @@ def test_dsn_from_environment(
     code, out, _ = run_cli(capsys, "--schema", schema, "migrate")
 
     assert code == 0
-    assert "applied [1]" in out
+    assert "applied [1, 2]" in out
 
 
 def test_missing_dsn_is_clear_error(
@@ -99,3 +100,110 @@ def test_worker_rejects_bad_app_spec(dsn: str, capsys: pytest.CaptureFixture[str
 
     assert code == 2
     assert "module:attribute" in err
+
+
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2"
+
+
+def test_options_after_command(
+    dsn: str, schema: str, capsys: pytest.CaptureFixture[str], db: psycopg.Connection[Any]
+) -> None:
+    code, out, _ = run_cli(capsys, "migrate", "--dsn", dsn, "--schema", schema, "-v")
+
+    assert code == 0
+    assert f"schema {schema}: applied [1, 2]" in out
+
+
+@pytest.mark.parametrize("command", [["status"], ["failed"], ["migrate"], ["retry", "1"]])
+def test_unreachable_database_is_one_line(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    code, _, err = run_cli(capsys, "--dsn", UNREACHABLE, *command)
+
+    assert code == 2
+    assert err.startswith("error: cannot reach the database")
+    assert "Traceback" not in err
+
+
+def test_unmigrated_schema_says_migrate(
+    dsn: str, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, "--dsn", dsn, "--schema", schema, "status")
+
+    assert code == 2
+    assert f"schema {schema!r} is missing reliable_jobs objects" in err
+    assert "reliable-jobs migrate" in err
+
+
+def test_enqueue_on_unmigrated_schema(dsn: str, schema: str) -> None:
+    app = App(dsn, schema=schema)
+
+    @app.job(name="noop")
+    def noop(ctx: JobContext) -> None:
+        pass
+
+    with pytest.raises(SchemaNotMigratedError, match="migrate"):
+        noop.enqueue()
+    app.close()
+
+
+def test_worker_on_unmigrated_schema(dsn: str, schema: str) -> None:
+    app = App(dsn, schema=schema)
+
+    with pytest.raises(SchemaNotMigratedError, match="migrate"):
+        app.run_worker(burst=True, install_signal_handlers=False)
+
+
+def test_burst_worker_unreachable_fails_fast() -> None:
+    app = App(UNREACHABLE, schema="anything")
+
+    with pytest.raises(DatabaseUnavailableError, match="cannot reach the database"):
+        app.run_worker(burst=True, install_signal_handlers=False)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tests.jobs_app:nope", "module tests.jobs_app has no attribute 'nope'"),
+        ("tests/jobs_app.py:build_app", "name the module instead: tests.jobs_app:build_app"),
+        ("tests.jobs_app:record_run", "not a reliable_jobs.App"),
+        ("tests.jobs_app:App", "not a reliable_jobs.App"),
+        ("tests.no_such_module:app", "cannot import 'tests.no_such_module'"),
+    ],
+)
+def test_worker_app_spec_errors(
+    dsn: str, capsys: pytest.CaptureFixture[str], spec: str, message: str
+) -> None:
+    code, _, err = run_cli(capsys, "--dsn", dsn, "worker", "--app", spec)
+
+    assert code == 2
+    assert message in err
+
+
+def test_worker_schema_must_match_app(
+    dsn: str, app: App, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RJ_TEST_DSN", dsn)
+    monkeypatch.setenv("RJ_TEST_SCHEMA", app.schema)
+
+    code, _, err = run_cli(
+        capsys, "worker", "--app", "tests.jobs_app:build_app", "--schema", "other", "--burst"
+    )
+
+    assert code == 2
+    assert f"differs from the app's schema {app.schema!r}" in err
+
+
+def test_enqueue_checks_signature(app: App, db: psycopg.Connection[Any]) -> None:
+    @app.job(name="welcome")
+    def welcome(ctx: JobContext, user_id: int) -> None:
+        pass
+
+    with pytest.raises(InvalidArgumentError, match="missing a required argument: 'user_id'"):
+        welcome.enqueue()  # type: ignore[call-arg]
+    with pytest.raises(InvalidArgumentError, match="unexpected keyword argument 'usr_id'"):
+        welcome.enqueue(1, usr_id=1)  # type: ignore[call-arg]
+    with pytest.raises(InvalidArgumentError, match="item 1"):
+        welcome.enqueue_many([call(1), call(1, 2)])
+
+    assert scalar(db, app.schema, "SELECT count(*) FROM {}.jobs") == 0
