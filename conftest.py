@@ -7,7 +7,6 @@ dropped afterwards, and fails if an advisory lock of that schema is left.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,13 +19,9 @@ from reliable_jobs import App
 
 
 @pytest.fixture(scope="session")
-def dsn() -> str:
-    configured = os.environ.get("RELIABLE_JOBS_TEST_DSN")
-    if configured:
-        return configured
-    from reliable_jobs.embedded import start_embedded_postgres
-
-    return start_embedded_postgres()
+def dsn(reliable_jobs_dsn: str) -> str:
+    """The test database, from the reliable_jobs pytest plugin."""
+    return reliable_jobs_dsn
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from . import queries
+from . import crashpoints, queries
 from .errors import LostOwnershipError, ReliableJobsError
 from .jobs import check_delay
 
@@ -131,6 +131,7 @@ class JobContext:
         try:
             with self.connection.transaction() as tx:
                 yield tx
+                crashpoints.reach("before_commit")
         except BaseException:
             if self._transaction_depth == 1:
                 self._pending = Outcome.NONE
@@ -138,6 +139,7 @@ class JobContext:
         finally:
             self._transaction_depth -= 1
 
+        crashpoints.reach("after_commit")
         if self._transaction_depth == 0 and self._pending is not Outcome.NONE:
             self.outcome, self._pending = self._pending, Outcome.NONE
 
@@ -149,6 +151,8 @@ class JobContext:
         worker may have run the job, so this attempt must not count as done.
         """
         self._check_owned()
+        if self.connection.info.transaction_status == pq.TransactionStatus.IDLE:
+            crashpoints.reach("before_destroy")
         try:
             row = self.connection.execute(
                 queries.destroy_job(self.schema), self._ownership_params()
@@ -162,6 +166,9 @@ class JobContext:
         if not row or row[0] == 0:
             raise LostOwnershipError(self.job_id, "the job row was already deleted")
         self._record(Outcome.DESTROYED)
+        if self.outcome is Outcome.DESTROYED:
+            # Committed already; inside a transaction the point is after_commit.
+            crashpoints.reach("after_destroy")
 
     def retry_in(self, seconds: float) -> None:
         """Run the job again after `seconds`, without counting this attempt.

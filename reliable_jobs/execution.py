@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import pq
 
-from . import queries
+from . import crashpoints, queries
 from .connections import close_quietly, is_usable
 from .context import LOST_LOCK_SQLSTATE, JobContext, LockedJob, Outcome
 from .errors import DeferredError, LostOwnershipError, ReviewRequiredError
@@ -90,6 +90,7 @@ class JobRunner:
 
         token = ctx.activate()
         try:
+            crashpoints.reach("after_lock")
             job_function.func(ctx, *args, **kwargs)
         except LostOwnershipError as error:
             self._clean_up()
@@ -116,6 +117,7 @@ class JobRunner:
 
         params = {"class": self.app.lock_class, "id": job.id, "locker_pid": job.locker_pid}
         statement = queries.destroy_job(self.app.schema)
+        crashpoints.reach("before_destroy")
         try:
             row = self._connection().execute(statement, params).fetchone()
         except psycopg.DatabaseError as error:
@@ -129,6 +131,7 @@ class JobRunner:
         if not row or row[0] == 0:
             _log_lost(job, "the job row was already deleted")
             return
+        crashpoints.reach("after_destroy")
         _log_done(job, Outcome.DESTROYED)
 
     def _record_failure(self, ctx: JobContext, job: LockedJob, error: BaseException) -> None:

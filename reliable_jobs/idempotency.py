@@ -14,6 +14,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import psycopg
 
+from . import crashpoints
 from .context import JobContext
 from .errors import DeferredError, InvalidArgumentError, ReliableJobsError, ReviewRequiredError
 from .ledger import Ledger
@@ -167,7 +168,10 @@ class _Effect:
             raise ReliableJobsError(
                 f"effect {self.key!r} was called again from inside its own call"
             )
+        crashpoints.reach("before_claim")
         claim = self.ledger.claim(self.key, self.fingerprint, self.ctx.job_id, self.ctx.name)
+        if claim.outcome in ("claimed", "uncertain"):
+            crashpoints.reach("after_claim")
 
         if claim.outcome == "busy":
             raise EffectBusyError(self.key, random.uniform(*BUSY_DELAY_SECONDS))
@@ -215,6 +219,7 @@ class _Effect:
         owner_pid = self.conn.info.backend_pid
         token = _current_key.set(self.key)
         try:
+            crashpoints.reach("before_call")
             result = self.func(*self.args, **self.kwargs)
         except uncertain_errors as error:
             self.ledger.settle(self.key, "uncertain", error=f"{type(error).__name__}: {error}")
@@ -225,6 +230,7 @@ class _Effect:
         finally:
             _current_key.reset(token)
 
+        crashpoints.reach("after_call")
         self._settle_done(result, owner_pid)
         return result
 
@@ -240,6 +246,7 @@ class _Effect:
         self._record_done(result, owner_pid)
 
     def _record_done(self, result: Any, owner_pid: int | None) -> None:
+        crashpoints.reach("before_record")
         try:
             self.ledger.settle(self.key, "done", result)
         except psycopg.OperationalError:
@@ -255,6 +262,7 @@ class _Effect:
                 self.key,
                 extra={"action": "effect_done", "job_id": self.ctx.job_id},
             )
+        crashpoints.reach("after_record")
 
     def _log(self, message: str, *args: Any) -> None:
         logger.info(

@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 class Listener(threading.Thread):
     """Set `wake` whenever a job is enqueued on one of the worker's queues.
 
+    It sees `stopping` within 0.2 s, the timeout of each wait.
+
     psycopg's notifies() holds its connection's lock while it waits, so the
     listener never shares its connection with queries. After each
     (re)connection it sets `wake` once, because notifications sent while it
@@ -39,15 +41,19 @@ class Listener(threading.Thread):
         self.stopping = stopping
         self.connected = threading.Event()
         self.connections = 0  # LISTEN sessions started so far, reconnections included
+        self.conn: psycopg.Connection[object] | None = None
 
     def run(self) -> None:
         while not self.stopping.is_set():
             conn = connect_with_backoff(self.connect, self.stopping, "listener")
             if conn is None:
                 return
+            self.conn = conn
             try:
                 self._listen(conn)
             except psycopg.OperationalError as error:
+                if self.stopping.is_set():
+                    return
                 logger.warning(
                     "Listener connection lost: %s; reconnecting",
                     error,
@@ -65,6 +71,6 @@ class Listener(threading.Thread):
         logger.debug("Listening on %s", self.channel, extra={"action": "listen"})
 
         while not self.stopping.is_set():
-            for notify in conn.notifies(timeout=0.5):
+            for notify in conn.notifies(timeout=0.2):
                 if self.queues is None or notify.payload in self.queues:
                     self.wake.set()

@@ -87,12 +87,34 @@ class Worker:
         self.finished: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self.tasks: queue.SimpleQueue[RunningJob | None] = queue.SimpleQueue()
         self.locker: Locker | None = None
+        self.halted = False
+        self.runners: list[JobRunner] = []
         self.next_due = float("inf")  # monotonic time of a retry this worker scheduled
         self.next_due_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.listener = Listener(
             lambda: app.connect("listener"), app.channel, self.queues, self.wake, self.stopping
         )
+
+    def halt(self) -> None:
+        """Stop at once, as if the process died: no unlock, no report, no grace.
+
+        For crash tests: the caller ends the worker's database sessions
+        (see session_pids()) so that the server rolls back and unlocks.
+        """
+        self.halted = True
+        self.stop()
+
+    def session_pids(self) -> list[int]:
+        """Return the backend pids of every database session the worker has open."""
+        connections = [self.listener.conn]
+        if self.locker is not None:
+            connections.append(self.locker.conn)
+        for runner in self.runners:
+            connections.extend([runner.conn, runner.autonomous_conn])
+        return [
+            conn.info.backend_pid for conn in connections if conn is not None and not conn.closed
+        ]
 
     def stop(self) -> None:
         """Stop taking jobs; run() returns once running jobs finish or the grace ends."""
@@ -234,9 +256,12 @@ class Worker:
         self.locker = None
 
     def _start_threads(self) -> None:
-        self.listener.start()
+        # A burst worker stops once nothing is due, so it never waits for news.
+        if not self.burst:
+            self.listener.start()
         for index in range(self.concurrency):
             runner = JobRunner(self.app, self.tasks, self.finished, self.wake, self.note_due)
+            self.runners.append(runner)
             thread = threading.Thread(
                 target=runner.run, name=f"reliable_jobs-job-{index}", daemon=True
             )
@@ -246,6 +271,10 @@ class Worker:
     def _shut_down(self) -> None:
         """Let running jobs finish within the grace period, then release the rest."""
         self.stopping.set()
+        if self.halted:
+            if self.locker is not None:
+                self.locker.close()
+            return
         deadline = time.monotonic() + self.shutdown_grace
         while self.running and time.monotonic() < deadline:
             self._drain_finished_quietly()
@@ -263,7 +292,7 @@ class Worker:
 
         # Idle job threads close their connections on the sentinel; a thread
         # still in an abandoned job is left behind as a daemon. The listener
-        # checks `stopping` at least every half second.
+        # checks `stopping` every 0.2 s.
         deadline = time.monotonic() + 2.0
         started = [thread for thread in [*self.threads, self.listener] if thread.ident]
         for thread in started:

@@ -63,7 +63,27 @@ def build_app() -> App:
             ctx.destroy()
 
     register_charges(app)
+    register_replay_charge(app)
     return app
+
+
+def register_replay_charge(app: App) -> None:
+    """A charge with a check against an EffectRecorder, for process-mode replays."""
+    from reliable_jobs.testing import EffectRecorder
+
+    recorder = EffectRecorder(app)
+
+    def found(card: int) -> str | None:
+        return f"ch_{card}" if recorder.count(f"charge:{card}") else None
+
+    @idempotent(key="charge:{card}", check=found)
+    def charge(card: int) -> str:
+        recorder.record(f"charge:{card}")
+        return f"ch_{card}"
+
+    @app.job(name="replay_charge", retry=NO_WAIT)
+    def replay_charge(ctx: JobContext, card: int) -> None:
+        charge(card)
 
 
 def external_call(line: str) -> None:
