@@ -10,7 +10,9 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import admin, ledger
@@ -121,12 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run example jobs end to end: on an embedded PostgreSQL when no address is "
-        "set, else in a schema reliable_jobs_demo that it creates and drops",
+        help="run every pattern under chaos and check its guarantee: on an embedded "
+        "PostgreSQL when no address is set, else in a schema reliable_jobs_demo that it "
+        "creates and drops",
     )
-    demo.add_argument("--jobs", type=int, default=200, help="jobs to enqueue (default: 200)")
-    demo.add_argument("--concurrency", type=int, default=4, help="job threads (default: 4)")
+    demo.add_argument(
+        "--jobs", type=int, default=300, help="jobs across the 5 patterns (default: 300)"
+    )
+    demo.add_argument("--no-chaos", dest="chaos", action="store_false", help="kill no worker")
     demo.add_argument("--keep", action="store_true", help="keep the demo schema afterwards")
+    demo.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    demo.add_argument("--concurrency", type=int, default=4, help="threads per worker (default: 4)")
+    demo.add_argument("--seed", type=int, help="seed of the chaos, to repeat a run")
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -364,32 +372,56 @@ def cmd_ledger_prune(options: argparse.Namespace) -> int:
 
 
 def cmd_demo(options: argparse.Namespace) -> int:
-    from .demo import run_demo
+    demo = _import_patterns_demo()
     from .embedded import start_embedded_postgres
 
+    if options.jobs < 5 or options.workers < 1 or options.concurrency < 1:
+        raise ConfigurationError("--jobs must be >= 5, --workers and --concurrency >= 1")
     conninfo = options.dsn or conninfo_from_environment()
     where = "the database given"
     if not conninfo:
         print("No database configured: starting an embedded PostgreSQL (pgserver)...")
         conninfo = start_embedded_postgres()
         where = "an embedded PostgreSQL"
+    # The demo's own progress is enough; worker processes log to nowhere.
+    logging.getLogger("reliable_jobs").setLevel(logging.WARNING)
 
+    chaos = "killing random workers with SIGKILL" if options.chaos else "without chaos"
     print(
-        f"Enqueuing {options.jobs} jobs on {where}; running a worker with "
-        f"{options.concurrency} threads. Every 7th job fails once on purpose: the "
-        "WARNING lines are its retries."
+        f"Running {options.jobs} jobs of 5 patterns on {where} with {options.workers} worker "
+        f"processes, {chaos}, against a fake provider on 127.0.0.1..."
     )
-    result = run_demo(
-        conninfo, jobs=options.jobs, concurrency=options.concurrency, keep=options.keep
+    started = time.monotonic()
+    results, counts = demo.run(
+        conninfo,
+        jobs=options.jobs,
+        chaos=options.chaos,
+        keep=options.keep,
+        workers=options.workers,
+        concurrency=options.concurrency,
+        seed=options.seed,
+        out=lambda text: print(text, end="", flush=True),
     )
-    print(f"jobs enqueued:     {result.jobs}")
-    print(f"orders recorded:   {result.orders_recorded}")
-    print(f"duplicates:        {result.duplicates}")
-    print(f"retries:           {result.retries}")
-    print(f"jobs left:         {result.jobs_left}")
-    print(f"time:              {result.seconds:.2f} s")
-    print("every order recorded exactly once" if result.ok else "FAILED: see the counts above")
-    return 0 if result.ok else 1
+    print(demo.format_table(results, counts))
+    held = all(result.held for result in results)
+    print(
+        f"finished in {time.monotonic() - started:.1f} s: "
+        + ("every guarantee held" if held else "a guarantee did NOT hold; see the table")
+    )
+    return 0 if held else 1
+
+
+def _import_patterns_demo() -> Any:
+    """Import patterns.demo from the source checkout this package was installed from."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "patterns" / "demo.py").exists():
+        raise ConfigurationError(
+            "the demo runs the examples in patterns/, which only a source checkout has: "
+            "clone the repository and install it with pip install -e '.[embedded]'"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("patterns.demo")
 
 
 if __name__ == "__main__":

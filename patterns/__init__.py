@@ -1,0 +1,1 @@
+"""Runnable examples of each kind of job, run by `reliable-jobs demo`."""
