@@ -39,14 +39,18 @@ def database_dsn(admin_dsn: str, name: str) -> str:
 def fresh_database(admin_dsn: str, name: str) -> str:
     """Drop and create database `name`; return its address."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return database_dsn(admin_dsn, name)
 
 
 def drop_database(admin_dsn: str, name: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def measure_in_subprocess(module: str, *args: str, timeout: float = 600) -> dict[str, Any]:
@@ -57,7 +61,11 @@ def measure_in_subprocess(module: str, *args: str, timeout: float = 600) -> dict
     """
     completed = subprocess.run(
         [sys.executable, "-m", f"bench.{module}", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if completed.returncode != 0:
         raise RuntimeError(

@@ -182,8 +182,9 @@ def main() -> None:
     elif options.mode == "enqueue_bulk":
         result = enqueue_bulk(options.dsn, options.jobs, options.batch)
     elif options.mode == "drain":
-        result = drain(options.dsn, options.kind, options.concurrency, options.jobs,
-                       options.waiting)
+        result = drain(
+            options.dsn, options.kind, options.concurrency, options.jobs, options.waiting
+        )
     elif options.mode == "drain_at":
         result = drain_at(options.dsn, options.concurrency, options.jobs, options.start_at)
     elif options.mode == "latency":

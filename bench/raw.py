@@ -63,16 +63,31 @@ def run_pgbench(dsn: str, script: str, clients: int, seconds: float, prefill: in
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SETUP)
         if prefill:
-            conn.execute("INSERT INTO jobs (args) SELECT '[]' FROM generate_series(1, %s)", (prefill,))
+            conn.execute(
+                "INSERT INTO jobs (args) SELECT '[]' FROM generate_series(1, %s)", (prefill,)
+            )
         conn.execute("VACUUM ANALYZE jobs")
 
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / f"{script}.sql"
         path.write_text(SCRIPTS[script])
         completed = subprocess.run(
-            ["pgbench", "-n", "-c", str(clients), "-j", str(min(clients, 2)), "-T",
-             str(int(seconds)), "-f", str(path), dsn],
-            capture_output=True, text=True, check=True,
+            [
+                "pgbench",
+                "-n",
+                "-c",
+                str(clients),
+                "-j",
+                str(min(clients, 2)),
+                "-T",
+                str(int(seconds)),
+                "-f",
+                str(path),
+                dsn,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", completed.stdout)
     if match is None:

@@ -14,13 +14,13 @@ from psycopg import pq
 
 from . import crashpoints, queries
 from .connections import close_quietly, is_usable
-from .context import LOST_LOCK_SQLSTATE, JobContext, LockedJob, Outcome
+from .context import JobContext, LockedJob, Outcome
 from .errors import DeferredError, LostOwnershipError, ReviewRequiredError
 from .payload import decode_arguments
+from .running import Finished, RunningJob
 
 if TYPE_CHECKING:
     from .app import App
-    from .worker import RunningJob
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +32,17 @@ class JobRunner:
         self,
         app: App,
         tasks: queue.SimpleQueue[RunningJob | None],
-        finished: queue.SimpleQueue[tuple[int, int]],
+        finished: queue.SimpleQueue[Finished],
         wake: threading.Event,
         note_due: Callable[[float], None],
+        stopping: threading.Event,
     ) -> None:
         self.app = app
         self.tasks = tasks
         self.finished = finished
         self.wake = wake
         self.note_due = note_due
+        self.stopping = stopping
         self.conn: psycopg.Connection[Any] | None = None
         self.autonomous_conn: psycopg.Connection[Any] | None = None
         self.autonomous_used = False
@@ -52,20 +54,30 @@ class JobRunner:
                 close_quietly(self.conn)
                 close_quietly(self.autonomous_conn)
                 return
+            job = running.job
+            if self.stopping.is_set() or running.lost.is_set():
+                # Prefetched but not started: the main loop releases it.
+                self.finished.put(Finished(job.id, job.locker_pid, started=False))
+                self.wake.set()
+                continue
+
+            running.started = True
+            destroy = False
             try:
-                self._run_one(running)
+                destroy = self._run_one(running)
             except BaseException:
                 logger.exception(
                     "Job %d (%s): unexpected error in the job thread",
-                    running.job.id,
-                    running.job.job_name,
-                    extra={"action": "internal_error", "job_id": running.job.id},
+                    job.id,
+                    job.job_name,
+                    extra={"action": "internal_error", "job_id": job.id},
                 )
             finally:
-                self.finished.put((running.job.id, running.job.locker_pid))
+                self.finished.put(Finished(job.id, job.locker_pid, destroy=destroy))
                 self.wake.set()
 
-    def _run_one(self, running: RunningJob) -> None:
+    def _run_one(self, running: RunningJob) -> bool:
+        """Run the job; return True when the main loop must delete its row."""
         job = running.job
         job_function = self.app.registry[job.job_name]
         args, kwargs = decode_arguments(job.args, job.kwargs)
@@ -95,44 +107,31 @@ class JobRunner:
         except LostOwnershipError as error:
             self._clean_up()
             _log_lost(job, error.reason)
-            return
+            return False
         except BaseException as error:
             self._clean_up()
             self._record_failure(ctx, job, error)
-            return
+            return False
         finally:
             JobContext.reset(token)
 
         self._clean_up()
-        self._finish(ctx, job)
+        return self._finish(ctx, job)
 
-    def _finish(self, ctx: JobContext, job: LockedJob) -> None:
-        """Destroy the job unless its body already settled the row."""
+    def _finish(self, ctx: JobContext, job: LockedJob) -> bool:
+        """Return True when the worker must delete the row the job body left alone.
+
+        The main loop deletes such rows in batches, one commit per batch: a
+        crash before that commit runs these jobs again, which is the
+        at-least-once contract of a job that leaves its row to the worker.
+        """
         if ctx.outcome is not Outcome.NONE:
             _log_done(job, ctx.outcome)
-            return
+            return False
         if ctx.lost.is_set():
             _log_lost(job, "the locker connection was lost while the job ran")
-            return
-
-        params = {"class": self.app.lock_class, "id": job.id, "locker_pid": job.locker_pid}
-        statement = queries.destroy_job(self.app.schema)
-        crashpoints.reach("before_destroy")
-        try:
-            row = self._connection().execute(statement, params).fetchone()
-        except psycopg.DatabaseError as error:
-            if error.sqlstate == LOST_LOCK_SQLSTATE:
-                ctx.lost.set()
-                _log_lost(job, "lock lost before the destroy")
-                return
-            _log_report_error(job, error)
-            return
-
-        if not row or row[0] == 0:
-            _log_lost(job, "the job row was already deleted")
-            return
-        crashpoints.reach("after_destroy")
-        _log_done(job, Outcome.DESTROYED)
+            return False
+        return True
 
     def _record_failure(self, ctx: JobContext, job: LockedJob, error: BaseException) -> None:
         """Schedule a retry, or keep the job as failed when its policy says stop."""

@@ -53,6 +53,49 @@ class Locker:
             raise
         return [LockedJob(**row, locker_pid=self.pid) for row in rows]
 
+    def cycle(
+        self,
+        destroy: Collection[int],
+        unlock: Collection[int],
+        limit: int,
+        queues: Sequence[str] | None,
+        exclude: Collection[int],
+    ) -> tuple[list[LockedJob], list[int]]:
+        """Delete `destroy`, unlock `unlock`, then lock up to `limit` due jobs.
+
+        Return the jobs locked, and the ids of `destroy` whose row was
+        already gone (so their attempt is not reported done).
+        """
+        params = {
+            "class": self.lock_class,
+            "destroy": list(destroy),
+            "unlock": list(unlock),
+            "queues": list(queues) if queues is not None else None,
+            "exclude": list(exclude),
+            "limit": max(0, limit),
+        }
+        try:
+            cursor = self.conn.cursor(row_factory=dict_row)
+            rows = cursor.execute(queries.worker_cycle(self.schema), params).fetchall()
+        except psycopg.Error:
+            if not self.broken:
+                self._release_stray_locks([*exclude, *unlock])
+            raise
+
+        locked: list[LockedJob] = []
+        missing: list[int] = []
+        for row in rows:
+            if row.pop("kind") == "missing":
+                missing.append(row["id"])
+            else:
+                locked.append(LockedJob(**row, locker_pid=self.pid))
+        return locked, missing
+
+    @property
+    def broken(self) -> bool:
+        """Whether the session is gone, and every lock it held with it."""
+        return self.conn.closed or self.conn.broken
+
     def unlock(self, ids: Collection[int]) -> None:
         """Release the advisory locks of finished jobs."""
         if not ids:

@@ -253,3 +253,11 @@ prune_effects = _query(
       AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j WHERE j.id = e.job_id)
     """
 )
+
+# Delete, unlock and lock in one call; see worker_cycle() in the migrations.
+worker_cycle = _query(
+    """
+    SELECT * FROM {schema}.worker_cycle(%(class)s, %(destroy)s, %(unlock)s, %(queues)s,
+                                        %(exclude)s, %(limit)s)
+    """
+)

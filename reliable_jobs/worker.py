@@ -9,18 +9,19 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from . import crashpoints
 from .connections import connect_with_backoff, is_usable
-from .context import JobContext, LockedJob
+from .context import LockedJob
 from .errors import InvalidArgumentError, translated_database_errors
 from .execution import JobRunner
 from .listener import Listener
 from .locker import Locker
+from .running import Finished, RunningJob
 from .schema import check_schema_version
 from .triage import triage
 
@@ -38,18 +39,6 @@ LOCKER_KEEPALIVES = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
-
-
-@dataclass
-class RunningJob:
-    """A job handed to a job thread and not finished yet."""
-
-    job: LockedJob
-    context: JobContext | None = None
-    # Set when the worker no longer holds the job's lock; shared with the
-    # job's context so that a context created later still sees it.
-    lost: threading.Event = field(default_factory=threading.Event)
-    started: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -71,11 +60,17 @@ class Worker:
         poll_interval: float = 1.0,
         shutdown_grace: float = 30.0,
         install_signal_handlers: bool = True,
+        prefetch: int | None = None,
     ) -> None:
         _check_worker_options(queues, concurrency, poll_interval, shutdown_grace)
+        if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
+            raise InvalidArgumentError(f"prefetch={prefetch!r} is invalid; pass an int >= 0")
         self.app = app
         self.queues = list(queues) if queues is not None else None
         self.concurrency = concurrency
+        # Locked jobs waiting for a thread, so that threads never wait for
+        # the database; each is counted as an attempt when it is locked.
+        self.capacity = concurrency + (concurrency if prefetch is None else prefetch)
         self.burst = burst
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
@@ -84,7 +79,13 @@ class Worker:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.running: dict[int, RunningJob] = {}
-        self.finished: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self.finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        # Finished jobs whose row the next cycle deletes, and whose lock it
+        # releases; kept until a cycle commits.
+        self.pending_destroy: list[int] = []
+        self.pending_unlock: list[int] = []
+        self.unstarted: list[LockedJob] = []
+        self.unlocked_last = 0  # jobs unlocked by the last cycle
         self.tasks: queue.SimpleQueue[RunningJob | None] = queue.SimpleQueue()
         self.locker: Locker | None = None
         self.halted = False
@@ -155,14 +156,26 @@ class Worker:
 
             try:
                 locked = self._lock_round()
-            except psycopg.OperationalError as error:
-                self._on_locker_lost(error)
+            except psycopg.Error as error:
+                if self.locker is None or self.locker.broken:
+                    self._on_locker_lost(error)
+                    continue
+                # The session and its locks are intact (a deadlock, a
+                # timeout): the cycle rolled back, so try it again.
+                logger.warning(
+                    "Worker cycle failed: %s; retrying", error, extra={"action": "cycle_failed"}
+                )
+                self.wake.wait(0.05)
                 continue
 
             if self.burst and not locked and not self.running:
+                # Jobs unlocked by that cycle may be due again (a retry
+                # without delay): a burst worker looks once more first.
+                if self.unlocked_last:
+                    continue
                 logger.info("No job is due; burst worker exiting", extra={"action": "burst_end"})
                 return
-            if locked and len(self.running) < self.concurrency:
+            if locked and len(self.running) < self.capacity:
                 continue
             self.wake.wait(self._seconds_to_wait())
 
@@ -179,38 +192,54 @@ class Worker:
                 return 0.0
             return min(self.poll_interval, self.next_due - now)
 
-    def _lock_round(self) -> int:
-        """Unlock finished jobs, then lock due jobs for the free threads."""
+    def _lock_round(self, limit: int | None = None) -> int:
+        """Settle finished jobs, then lock due jobs for the free places, in one cycle."""
         assert self.locker is not None
-        self.locker.unlock(self._collect_finished())
-
-        free = self.concurrency - len(self.running)
-        if free <= 0:
-            # No query runs while every thread is busy, so look at the
+        self._collect_finished()
+        free = self.capacity - len(self.running) if limit is None else limit
+        if free <= 0 and not self.pending_unlock:
+            # No query runs while every place is taken, so look at the
             # socket: a terminated session is seen within one poll interval.
             if not is_usable(self.locker.conn):
                 raise psycopg.OperationalError("the locker connection was closed by the server")
             return 0
-        jobs = self.locker.lock(free, self.queues, self.running.keys())
-        runnable = triage(self.app, self.locker, jobs)
-        for job in runnable:
+
+        destroy = list(self.pending_destroy)
+        self.unlocked_last = len(self.pending_unlock)
+        if destroy:
+            crashpoints.reach("before_destroy")
+        jobs, missing = self.locker.cycle(
+            destroy, self.pending_unlock, free, self.queues, self.running.keys()
+        )
+        self.pending_destroy.clear()
+        self.pending_unlock.clear()
+        if destroy:
+            crashpoints.reach("after_destroy")
+        _log_destroyed(destroy, set(missing))
+
+        for job in triage(self.app, self.locker, jobs):
             running = RunningJob(job)
             self.running[job.id] = running
             self.tasks.put(running)
         return len(jobs)
 
-    def _collect_finished(self) -> list[int]:
-        to_unlock: list[int] = []
+    def _collect_finished(self) -> None:
         while True:
             try:
-                job_id, locker_pid = self.finished.get_nowait()
+                item = self.finished.get_nowait()
             except queue.Empty:
-                return to_unlock
-            self.running.pop(job_id, None)
+                return
+            running = self.running.pop(item.job_id, None)
             # A job locked by a previous locker session lost its lock with
-            # that session; unlocking it here would act on another session.
-            if self.locker is not None and locker_pid == self.locker.pid:
-                to_unlock.append(job_id)
+            # that session; settling it here would act on another session.
+            if self.locker is None or item.locker_pid != self.locker.pid:
+                continue
+            if not item.started and running is not None:
+                self.unstarted.append(running.job)
+                continue
+            self.pending_unlock.append(item.job_id)
+            if item.destroy:
+                self.pending_destroy.append(item.job_id)
 
     def _connect_first_locker(self) -> None:
         """Connect the locker and check the schema version before taking jobs."""
@@ -251,6 +280,10 @@ class Worker:
                 running.job.job_name,
                 extra={"action": "lost", "job_id": running.job.id},
             )
+        # The finished jobs' rows and locks belonged to the lost session.
+        self.pending_destroy.clear()
+        self.pending_unlock.clear()
+        self.unstarted.clear()
         if self.locker is not None:
             self.locker.close()
         self.locker = None
@@ -260,7 +293,9 @@ class Worker:
         if not self.burst:
             self.listener.start()
         for index in range(self.concurrency):
-            runner = JobRunner(self.app, self.tasks, self.finished, self.wake, self.note_due)
+            runner = JobRunner(
+                self.app, self.tasks, self.finished, self.wake, self.note_due, self.stopping
+            )
             self.runners.append(runner)
             thread = threading.Thread(
                 target=runner.run, name=f"reliable_jobs-job-{index}", daemon=True
@@ -299,18 +334,33 @@ class Worker:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _drain_finished_quietly(self) -> None:
-        finished = self._collect_finished()
-        if self.locker is None or not finished:
+        """Delete and unlock finished jobs, and release the ones never started."""
+        if self.locker is None:
             return
         try:
-            self.locker.unlock(finished)
+            self._lock_round(limit=0)
+            self._release_unstarted()
         except psycopg.Error as error:
-            logger.warning("Cannot unlock finished jobs: %s", error, extra={"action": "unlock"})
+            logger.warning(
+                "Cannot settle finished jobs at shutdown: %s; they run again elsewhere",
+                error,
+                extra={"action": "unlock"},
+            )
+
+    def _release_unstarted(self) -> None:
+        """Give back the attempt of prefetched jobs that never ran, and unlock them."""
+        assert self.locker is not None
+        for job in self.unstarted:
+            self.locker.report(job, delay=None, refund=True)
+        self.locker.unlock([job.id for job in self.unstarted])
+        self.unstarted.clear()
 
     def _abandon_running(self) -> None:
         """Roll back jobs cut off by the grace period; make them runnable at once."""
         for running in list(self.running.values()):
             job = running.job
+            if not running.started:
+                continue
             ctx = running.context
             logger.warning(
                 "Job %d (%s): still running after the %.1f s shutdown grace; rolling it back",
@@ -377,3 +427,16 @@ def _check_worker_options(
         raise InvalidArgumentError(
             f"shutdown_grace={shutdown_grace!r} is invalid; pass seconds >= 0"
         )
+
+
+def _log_destroyed(destroyed: list[int], missing: set[int]) -> None:
+    for job_id in destroyed:
+        if job_id in missing:
+            logger.warning(
+                "Job %d: its row was already deleted when the worker came to delete it; "
+                "this attempt is not reported done",
+                job_id,
+                extra={"action": "lost", "job_id": job_id},
+            )
+        else:
+            logger.debug("Job %d: done", job_id, extra={"action": "job_done", "job_id": job_id})

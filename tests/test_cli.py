@@ -26,7 +26,7 @@ def test_migrate_creates_schema(
     code, out, _ = run_cli(capsys, "--dsn", dsn, "--schema", schema, "migrate")
 
     assert code == 0
-    assert "applied [1, 2]" in out
+    assert "applied [1, 2, 3]" in out
     assert scalar(db, schema, "SELECT count(*) FROM {}.jobs") == 0
 
 
@@ -39,7 +39,7 @@ def test_dsn_from_environment(
     code, out, _ = run_cli(capsys, "--schema", schema, "migrate")
 
     assert code == 0
-    assert "applied [1, 2]" in out
+    assert "applied [1, 2, 3]" in out
 
 
 def test_missing_dsn_is_clear_error(
@@ -111,7 +111,7 @@ def test_options_after_command(
     code, out, _ = run_cli(capsys, "migrate", "--dsn", dsn, "--schema", schema, "-v")
 
     assert code == 0
-    assert f"schema {schema}: applied [1, 2]" in out
+    assert f"schema {schema}: applied [1, 2, 3]" in out
 
 
 @pytest.mark.parametrize("command", [["status"], ["failed"], ["migrate"], ["retry", "1"]])

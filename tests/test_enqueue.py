@@ -198,4 +198,4 @@ def test_migrate_concurrently(dsn: str, schema: str) -> None:
         thread.join()
 
     assert errors == []
-    assert sorted(results) == [[], [], [], [1, 2]]
+    assert sorted(results) == [[], [], [], [1, 2, 3]]

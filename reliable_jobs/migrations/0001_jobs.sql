@@ -50,7 +50,10 @@ $$;
 -- never from a WHERE clause next to LIMIT, where the planner may call it on
 -- rows it then drops and leak the lock. After the lock, the row is read
 -- again with FOR UPDATE: a job deleted or rescheduled since the loop's
--- snapshot is unlocked and skipped.
+-- snapshot is unlocked and skipped. SKIP LOCKED skips a row that another
+-- transaction is deleting or rescheduling right now, instead of waiting
+-- for it: two workers each deleting rows the other waits on would
+-- otherwise deadlock.
 CREATE FUNCTION {schema}.lock_jobs(
     p_class integer, p_queues text[], p_exclude bigint[], p_limit integer
 ) RETURNS TABLE (
@@ -79,7 +82,7 @@ BEGIN
 
         SELECT j.locked_by INTO previous_locker FROM {schema}.jobs AS j
         WHERE j.id = candidate AND j.expired_at IS NULL AND j.run_at <= now()
-        FOR UPDATE;
+        FOR UPDATE SKIP LOCKED;
 
         IF NOT FOUND THEN
             PERFORM pg_advisory_unlock(p_class, {schema}.lock_key(candidate));

@@ -206,11 +206,14 @@ def _run_in_thread(app: App, crash: Crash | None, number: int) -> Run:
     try:
         thread = threading.Thread(target=worker.run, name=f"replay-run-{number}", daemon=True)
         thread.start()
-        thread.join(RUN_TIMEOUT)
+        # The run ends when the worker's loop returns, or when a crash has
+        # ended its sessions: a crash in the loop's own thread freezes it.
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while thread.is_alive() and not arm.dead.is_set() and time.monotonic() < deadline:
+            thread.join(0.01)
         if arm.fired.is_set():
-            # The worker's loop may end before the crash has ended its sessions.
-            arm.dead.wait(RUN_TIMEOUT)
-        if thread.is_alive() or (arm.fired.is_set() and not arm.dead.is_set()):
+            arm.dead.wait(max(0.0, deadline - time.monotonic()))
+        if not arm.dead.is_set() and thread.is_alive():
             raise RuntimeError(f"replay run {number} did not end within {RUN_TIMEOUT} s")
     finally:
         crashpoints.set_hook(previous)
