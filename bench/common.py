@@ -81,6 +81,17 @@ def print_result(result: dict[str, Any]) -> None:
     print(json.dumps(result), flush=True)
 
 
+def latency_summary(seconds: Sequence[float]) -> dict[str, Any]:
+    """Return p50, p95 and p99 in milliseconds of latencies given in seconds."""
+    values = [value * 1000 for value in seconds]
+    return {
+        "p50_ms": percentile(values, 0.50),
+        "p95_ms": percentile(values, 0.95),
+        "p99_ms": percentile(values, 0.99),
+        "count": len(values),
+    }
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from reliable_jobs import App, JobContext, Worker, call, idempotent, transactional_destroy
 
-from .common import percentile, print_result
+from .common import latency_summary, print_result
 
 SCHEMA = "bench"
 
@@ -161,13 +161,7 @@ def latency(dsn: str, jobs: int, spacing: float) -> dict[str, Any]:
     worker.stop()
     thread.join()
     app.close()
-    values = [value * 1000 for value in LATENCIES]
-    return {
-        "p50_ms": percentile(values, 0.50),
-        "p95_ms": percentile(values, 0.95),
-        "p99_ms": percentile(values, 0.99),
-        "count": len(values),
-    }
+    return latency_summary(LATENCIES)
 
 
 def main() -> None:

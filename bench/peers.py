@@ -14,7 +14,7 @@ import contextlib
 import time
 from typing import Any
 
-from .common import percentile, print_result
+from .common import latency_summary, print_result
 
 LATENCIES: list[float] = []
 
@@ -119,13 +119,7 @@ async def procrastinate_run(
 
 
 def _latency_result() -> dict[str, Any]:
-    values = [value * 1000 for value in LATENCIES]
-    return {
-        "p50_ms": percentile(values, 0.50),
-        "p95_ms": percentile(values, 0.95),
-        "p99_ms": percentile(values, 0.99),
-        "count": len(values),
-    }
+    return latency_summary(LATENCIES)
 
 
 def main() -> None:
