@@ -65,6 +65,8 @@ def main() -> None:
     bench = Bench(options.dsn, sizes, repeats, results)
     for section in (bench.raw, bench.enqueue, bench.drain, bench.latency, bench.scale, bench.peers):
         section()
+    for database in ("bench_rj", "bench_pgq", "bench_pro"):
+        drop_database(options.dsn, database)
     results["seconds"] = time.monotonic() - started
     write_report(results, options.out)
     print(f"wrote {options.out} in {results['seconds']:.0f} s")
@@ -202,10 +204,10 @@ class Bench:
         self.results["latency"] = {
             key: Stat.of([run[key] for run in runs]) for key in ("p50_ms", "p95_ms", "p99_ms")
         }
+        latency = self.results["latency"]
         print(
-            "ours latency p50/p99 ms:",
-            self.results["latency"]["p50_ms"].median,
-            self.results["latency"]["p99_ms"].median,
+            f"ours latency p50/p99: {latency['p50_ms'].median:.1f} / "
+            f"{latency['p99_ms'].median:.1f} ms",
             flush=True,
         )
 

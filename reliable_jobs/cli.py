@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run every pattern under chaos and check its guarantee: on an embedded "
-        "PostgreSQL when no address is set, else in a schema reliable_jobs_demo that it "
-        "creates and drops",
+        "PostgreSQL when no address is set, else in a schema (--schema, default "
+        "reliable_jobs_demo) that it creates and drops",
     )
     demo.add_argument(
         "--jobs", type=int, default=300, help="jobs across the 5 patterns (default: 300)"
@@ -134,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the demo schema afterwards")
     demo.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
     demo.add_argument("--concurrency", type=int, default=4, help="threads per worker (default: 4)")
-    demo.add_argument("--seed", type=int, help="seed of the chaos, to repeat a run")
+    demo.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the kill schedule; what each kill interrupts still depends on timing",
+    )
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -392,8 +396,10 @@ def cmd_demo(options: argparse.Namespace) -> int:
         f"processes, {chaos}, against a fake provider on 127.0.0.1..."
     )
     started = time.monotonic()
+    schema = options.schema or "reliable_jobs_demo"
     results, counts = demo.run(
         conninfo,
+        schema=schema,
         jobs=options.jobs,
         chaos=options.chaos,
         keep=options.keep,
@@ -403,6 +409,11 @@ def cmd_demo(options: argparse.Namespace) -> int:
         out=lambda text: print(text, end="", flush=True),
     )
     print(demo.format_table(results, counts))
+    if options.keep:
+        print(
+            f"kept schema {schema}: inspect it with reliable-jobs --schema {schema} status "
+            "(with --dsn unless an address is set); the next demo run replaces it"
+        )
     held = all(result.held for result in results)
     print(
         f"finished in {time.monotonic() - started:.1f} s: "

@@ -9,6 +9,8 @@ import inspect
 import json
 import logging
 import random
+import re
+import string
 from collections.abc import Callable
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -111,6 +113,8 @@ def idempotent(
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(func)
+        if isinstance(key, str):
+            _check_key_fields(key, signature, func)
 
         @functools.wraps(func)
         def call_once(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -294,6 +298,25 @@ def _check_options(key: Any, check: Any, on_uncertain: Any, uncertain_errors: An
             f"uncertain_errors={uncertain_errors!r} is invalid; pass a tuple of exception "
             "classes, such as (TimeoutError,)"
         )
+
+
+def _check_key_fields(key: str, signature: inspect.Signature, func: Callable[..., Any]) -> None:
+    """Raise InvalidArgumentError if `key` names a field that is not a parameter."""
+    parameters = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # any name may arrive through **kwargs
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(key) if field is not None]
+    except ValueError as error:
+        raise InvalidArgumentError(f"key {key!r} is not a valid format string: {error}") from None
+    for field in fields:
+        name = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if not name or name not in parameters:
+            raise InvalidArgumentError(
+                f"key {key!r} of {func.__qualname__} names {field!r}, which is not one of its "
+                f"parameters {list(parameters)}; name fields after them, as in "
+                f"'charge:{{{next(iter(parameters), 'argument')}}}'"
+            )
 
 
 def _bound_arguments(
