@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import advisory_locks
+from conftest import no_advisory_locks_soon
 from reliable_jobs import App, call
 from tests.helpers import fetch, scalar, start_worker_process, wait_until
 from tests.jobs_app import build_app
@@ -178,4 +178,4 @@ def test_shutdown_grace_rolls_back_cut_job(
         job_id,
     )
     assert rows == [(0, 0, True, None, None)]
-    assert advisory_locks(dsn, jobs_app) == []
+    assert no_advisory_locks_soon(dsn, jobs_app)

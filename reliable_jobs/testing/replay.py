@@ -25,6 +25,8 @@ FinalState = Literal["done", "failed", "pending"]
 
 # Seconds a single run may take before the replay gives up on it.
 RUN_TIMEOUT = 60.0
+# Seconds a closed session's locks may take to disappear from pg_locks.
+LOCK_RELEASE_SECONDS = 5.0
 
 
 class ReplayViolation(AssertionError):
@@ -297,11 +299,18 @@ def _leftovers(app: App, report: ReplayReport) -> list[str]:
     """Describe advisory locks still held, and claims no one will settle."""
     found: list[str] = []
     with app.connect("testing") as conn:
-        locks = conn.execute(
-            "SELECT classid::bigint, objid::bigint, pid FROM pg_locks "
-            "WHERE locktype = 'advisory' AND classid IN (%s::oid, %s::oid)",
-            (app.lock_class, app.effect_lock_class),
-        ).fetchall()
+        # A session closed by the worker ends on the server a moment later,
+        # and its locks go with it; only a lock that stays is a leftover.
+        deadline = time.monotonic() + LOCK_RELEASE_SECONDS
+        while True:
+            locks = conn.execute(
+                "SELECT classid::bigint, objid::bigint, pid FROM pg_locks "
+                "WHERE locktype = 'advisory' AND classid IN (%s::oid, %s::oid)",
+                (app.lock_class, app.effect_lock_class),
+            ).fetchall()
+            if not locks or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
     found.extend(
         f"advisory lock {objid} of class {classid} held by {pid}" for classid, objid, pid in locks
     )
