@@ -258,6 +258,9 @@ class _Effect:
                 raise
             # The claim's session is gone, and its lock with it. Record the
             # outcome on a new connection unless another claim took the key.
+            # NOTE: while the lock was gone, another worker may have found the
+            # claim uncertain and, with on_uncertain="retry" and no check,
+            # called the function a second time.
             self.ledger.conn = self.ctx.autonomous_connection
             if not self.ledger.settle_orphaned(self.key, "done", result, owner_pid):
                 raise

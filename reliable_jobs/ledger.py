@@ -162,6 +162,9 @@ def prune_effects(app: App, older_than: dt.timedelta) -> int:
     Claimed and uncertain effects are never pruned, and neither is an
     effect whose claiming job is still in the queue, because that job may
     run again and must find the key.
+
+    NOTE: another queued job with the same key that has not run yet is not
+    known to the ledger; pick a cutoff longer than such a job can wait.
     """
     seconds = older_than.total_seconds()
     if seconds < 0:

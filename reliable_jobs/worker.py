@@ -70,6 +70,8 @@ class Worker:
         self.concurrency = concurrency
         # Locked jobs waiting for a thread, so that threads never wait for
         # the database; each is counted as an attempt when it is locked.
+        # NOTE: if the process dies before a thread starts a prefetched job,
+        # that attempt counts as one that died.
         self.capacity = concurrency + (concurrency if prefetch is None else prefetch)
         self.burst = burst
         self.poll_interval = poll_interval

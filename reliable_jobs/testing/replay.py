@@ -30,7 +30,7 @@ LOCK_RELEASE_SECONDS = 5.0
 
 
 class ReplayViolation(AssertionError):
-    """A replay broke a property; the message holds the schedule and every run."""
+    """A replay broke a property; the message contains the schedule and every run."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Run:
 
 @dataclass
 class ReplayReport:
-    """What a replay did and left behind."""
+    """An account of one replay: its runs, the job's final state, and what it left behind."""
 
     job_id: int
     schedule: tuple[Crash, ...]
