@@ -97,9 +97,11 @@ def _targets(results: dict[str, Any]) -> list[str]:
     )
     lines = ["## Targets", "", "| target | ratio measured | goal | met |", "|---|---|---|---|"]
     for label, value, goal in rows:
-        shown = "n/a" if value is None else f"{value:.2f}"
-        met = "n/a" if value is None else ("yes" if value >= goal else "no")
-        lines.append(f"| {label} | {shown} | ≥ {goal} | {met} |")
+        if value is None:
+            lines.append(f"| {label} | n/a | ≥ {goal} | n/a |")
+            continue
+        met = "yes" if value >= goal else "no"
+        lines.append(f"| {label} | {value:.2f} | ≥ {goal} | {met} |")
     latency = results["latency"]
     met = latency["p50_ms"].median <= 2 and latency["p99_ms"].median <= 6
     lines.append(

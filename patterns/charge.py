@@ -3,7 +3,7 @@
 Problem: the provider may charge and the worker die before anything is
 recorded. A retry must not charge again, and must still mark the order.
 
-Guarantee: exactly once, as the provider sees it. @idempotent claims the
+Guarantee: exactly once, as the provider records it. @idempotent claims the
 key "charge:<order>" in the ledger before calling. After a crash during
 the call, `find_charge` asks the provider whether the charge exists, and
 the provider's own idempotency key (current_effect_key()) drops a repeated

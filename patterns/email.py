@@ -6,7 +6,7 @@ a message was sent. A worker that dies after sending sends again on retry.
 Guarantee: at least once. The job writes nothing to the database and
 needs no decorator: it returns, and the worker deletes it. Duplicates are
 possible after a crash between the send and the deletion; the demo counts
-them. Use this shape only where a second copy is acceptable, and say so.
+them. Use this shape only where a second copy is acceptable, and document that.
 """
 
 from __future__ import annotations

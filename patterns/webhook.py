@@ -3,7 +3,7 @@
 Problem: a delivery can time out after the receiver processed it, and the
 sender cannot ask the receiver what it got.
 
-Guarantee: exactly once as the receiver sees it. @idempotent gives each
+Guarantee: exactly once as the receiver records it. @idempotent gives each
 event one key, the same on every retry, sent as the Idempotency-Key
 header; the receiver drops repeats. With no check available,
 on_uncertain="retry" delivers again after a crash, which the header makes

@@ -146,7 +146,7 @@ class App:
         """Open a direct connection for one administrative task, then close it.
 
         Connection failures and a missing schema surface as reliable_jobs
-        errors that say what to do.
+        errors that name the fix.
         """
         with translated_database_errors(self.schema), self.connect("admin") as conn:
             yield conn

@@ -43,7 +43,7 @@ class LockedJob:
 
 
 class Outcome(enum.Enum):
-    """What the job body already decided about its own row."""
+    """The job body's own decision about its row, if it made one."""
 
     NONE = "none"
     DESTROYED = "destroyed"
@@ -121,7 +121,7 @@ class JobContext:
 
     @property
     def owned(self) -> bool:
-        """Whether this worker still holds the job's lock, as far as it knows."""
+        """Whether this worker still holds the job's lock, as far as it has detected."""
         return not self.lost.is_set()
 
     @contextmanager

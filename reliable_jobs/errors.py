@@ -68,7 +68,7 @@ class DeferredError(ReliableJobsError):
 class ReviewRequiredError(ReliableJobsError):
     """A failure that retrying cannot fix: the job is kept as failed for review.
 
-    The worker does not retry the job whatever its retry policy says; a
+    The worker does not retry the job, regardless of its retry policy; a
     person inspects it (`reliable-jobs failed`) and retries it once the
     cause is settled.
     """

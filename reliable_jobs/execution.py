@@ -134,7 +134,7 @@ class JobRunner:
         return True
 
     def _record_failure(self, ctx: JobContext, job: LockedJob, error: BaseException) -> None:
-        """Schedule a retry, or keep the job as failed when its policy says stop."""
+        """Schedule a retry, or keep the job as failed when its policy gives up."""
         if ctx.lost.is_set():
             _log_lost(job, f"the job raised {error!r} after its lock was lost; not recorded")
             return

@@ -60,7 +60,7 @@ class EffectMismatchError(ReviewRequiredError):
 
 
 class EffectUncertainError(ReviewRequiredError):
-    """An effect's outcome is unknown and its policy says to stop for review."""
+    """An effect's outcome is unknown and its policy is to stop for review."""
 
     def __init__(self, key: str) -> None:
         super().__init__(

@@ -140,7 +140,7 @@ class ConfiguredJob(Generic[P, R]):
         """Insert one job and return its id.
 
         With a connection, the insert joins that connection's transaction:
-        a rollback discards the job, and no worker sees it before the commit.
+        a rollback discards the job, and no worker can lock it before the commit.
         Without one, the insert commits on its own.
         """
         self.job.check_arguments(args, kwargs)

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 class Listener(threading.Thread):
     """Set `wake` whenever a job is enqueued on one of the worker's queues.
 
-    It sees `stopping` within 0.2 s, the timeout of each wait.
+    It checks `stopping` every 0.2 s, the timeout of each wait.
 
     psycopg's notifies() holds its connection's lock while it waits, so the
     listener never shares its connection with queries. After each

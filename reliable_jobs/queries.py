@@ -105,7 +105,7 @@ owns = _query(
 )
 
 # Counts per job name for the status command. A job is running when some
-# session holds its advisory lock, whatever its locked_by column says.
+# session holds its advisory lock, whatever its locked_by column contains.
 status = _query(
     """
     WITH running AS (

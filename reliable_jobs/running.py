@@ -1,4 +1,4 @@
-"""What the worker's main loop and its job threads hand each other."""
+"""Records that the worker's main loop and its job threads pass to each other."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class RunningJob:
     job: LockedJob
     context: JobContext | None = None
     # Set when the worker no longer holds the job's lock; shared with the
-    # job's context so that a context created later still sees it.
+    # job's context so that a context created later still reads it.
     lost: threading.Event = field(default_factory=threading.Event)
     # Set by the job thread when the body starts; a job still waiting in
     # the prefetch buffer at shutdown is released without running.

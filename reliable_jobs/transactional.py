@@ -20,8 +20,8 @@ def transactional_destroy(
     Either the body's writes on `ctx.connection` and the deletion both
     commit, or neither does and the job is retried. When the deletion finds
     the job no longer owned by this worker (its lock was lost, or the row is
-    gone), the whole transaction rolls back and LostOwnershipError tells the
-    worker not to count the attempt as done or failed.
+    gone), the whole transaction rolls back and LostOwnershipError makes the
+    worker count the attempt as neither done nor failed.
     """
 
     @functools.wraps(func)

@@ -3,7 +3,7 @@
 A job that cannot run is kept and reported, never dropped: an unknown name
 is retried later without using up attempts, a malformed row is kept as
 failed, and a job whose previous attempts all killed their worker is kept
-as failed once its retry policy says to stop.
+as failed once its retry policy gives up.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Backoff for a job name that no worker knows, typically during a deploy.
+# Backoff cap for a job name that this worker has not registered, typically
+# during a deploy.
 UNKNOWN_JOB_MAX_DELAY = 300.0
 
 

@@ -291,7 +291,7 @@ class Worker:
         self.locker = None
 
     def _start_threads(self) -> None:
-        # A burst worker stops once nothing is due, so it never waits for news.
+        # A burst worker stops once nothing is due, so it needs no listener.
         if not self.burst:
             self.listener.start()
         for index in range(self.concurrency):

@@ -110,7 +110,7 @@ def test_deleted_row_not_locked(app: App, dsn: str, db: psycopg.Connection[Any])
     deleter.execute(f"DELETE FROM {app.schema}.jobs WHERE id = %s", (job_id,))
     locker = make_locker(app)
 
-    # The lock query sees the row (the delete is not committed) and takes
+    # The lock query finds the row (the delete is not committed) and takes
     # its advisory lock; the re-read skips the row that the delete holds.
     assert locker.lock(1, None, ()) == []
     assert advisory_locks(dsn, app) == []

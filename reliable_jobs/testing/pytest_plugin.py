@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def reliable_jobs_dsn() -> str:
-    """The test database: RELIABLE_JOBS_TEST_DSN, else an embedded PostgreSQL."""
+    """Return the test database: RELIABLE_JOBS_TEST_DSN, else an embedded PostgreSQL."""
     configured = os.environ.get("RELIABLE_JOBS_TEST_DSN")
     if configured:
         return configured
@@ -40,7 +40,7 @@ def reliable_jobs_dsn() -> str:
 
 @pytest.fixture
 def reliable_jobs_app(reliable_jobs_dsn: str) -> Iterator[App]:
-    """A migrated App on a schema of its own, dropped after the test."""
+    """Yield a migrated App on a schema of its own, and drop the schema after the test."""
     schema = f"rjtest_{uuid.uuid4().hex[:12]}"
     app = App(reliable_jobs_dsn, schema=schema)
     app.migrate()
@@ -52,7 +52,7 @@ def reliable_jobs_app(reliable_jobs_dsn: str) -> Iterator[App]:
 
 @pytest.fixture
 def effect_recorder(reliable_jobs_app: App) -> Iterator[Any]:
-    """An EffectRecorder on the test's app."""
+    """Yield an EffectRecorder on the test's app."""
     from .recorder import EffectRecorder
 
     recorder = EffectRecorder(reliable_jobs_app)

@@ -109,8 +109,8 @@ def replay(
     """Enqueue `job(*args, **kwargs)` and run it until it finishes, crashing on schedule.
 
     Each run starts a fresh worker on the job; the first crash of the
-    schedule not yet used is armed in it. A crash stops the worker where it
-    stands: its database sessions end, so the server rolls back and
+    schedule not yet used is armed in it. A crash stops the worker at that
+    point: its database sessions end, so the server rolls back and
     unlocks, and no code of the toolkit runs after it. In "thread" mode the
     worker runs in this process and its job thread is frozen for good; in
     "process" mode it is `reliable-jobs worker --app APP_SPEC`, killed
