@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from psycopg import sql
 
 from reliable_jobs import (
@@ -43,6 +43,12 @@ EFFECT_POINTS = [
     "after_destroy",
 ]
 TRANSACTION_POINTS = ["after_lock", "before_commit", "after_commit", "after_destroy"]
+# The points a plain job reaches: the worker deletes its row.
+PLAIN_POINTS = ["after_lock", "before_destroy", "after_destroy"]
+# The tests that expect a violation search the same examples on every run,
+# over only the points their job reaches, so that finding it never
+# depends on the random seed.
+NEGATIVE = settings(derandomize=True, max_examples=100, database=None)
 
 
 @pytest.fixture
@@ -166,7 +172,8 @@ def test_catches_charge_without_ledger(app: App, recorder: EffectRecorder) -> No
 
     cards = unique_ids()
 
-    @given(crash_schedules(EFFECT_POINTS))
+    @NEGATIVE
+    @given(crash_schedules(PLAIN_POINTS, max_nth=1))
     def prop(schedule: list[Crash]) -> None:
         card = next(cards)
         report = replay(app, naive_pay, card, crashes=schedule)
@@ -192,7 +199,8 @@ def test_catches_destroy_after_commit(app: App, db: psycopg.Connection[Any]) -> 
 
     widgets = unique_ids()
 
-    @given(crash_schedules(TRANSACTION_POINTS))
+    @NEGATIVE
+    @given(crash_schedules(TRANSACTION_POINTS, max_nth=1))
     def prop(schedule: list[Crash]) -> None:
         widget = next(widgets)
         report = replay(app, split, widget, crashes=schedule)
@@ -235,7 +243,8 @@ def test_catches_ledger_inside_transaction(
 
     cards = unique_ids()
 
-    @given(crash_schedules(TRANSACTION_POINTS))
+    @NEGATIVE
+    @given(crash_schedules(TRANSACTION_POINTS, max_nth=1))
     def prop(schedule: list[Crash]) -> None:
         card = next(cards)
         report = replay(app, inner_ledger, card, crashes=schedule)
